@@ -1,0 +1,143 @@
+"""`coldstart` console script: convert, demo, simulate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from .config import ConvertConfig, SourceFormat, load_config
+from .client import EndpointCheckFailed
+
+app = typer.Typer(add_completion=False, help="Build cold-start reasoning datasets for VLMs by modality bridging.")
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def run_convert(cfg: ConvertConfig) -> dict[str, Any]:
+    from .runner import Converter
+
+    try:
+        return asyncio.run(Converter(cfg).run())
+    except EndpointCheckFailed as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        _fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+def _summary(manifest: dict[str, Any], out: Path) -> None:
+    c = manifest["counts"]
+    err.print(f"[bold]read {c['read']}  kept {c['kept']}  rejected {c['rejected']}[/]  -> {out}")
+    for reason, n in c["rejected_by_reason"].items():
+        err.print(f"  rejected {reason}: {n}")
+
+
+@app.command()
+def convert(
+    source_format: Optional[str] = typer.Option(None, "--source-format", help="llava-cot | mulberry | jsonl | parquet"),
+    input: Optional[Path] = typer.Option(None, "--input", help="The dataset file."),
+    image_root: Optional[Path] = typer.Option(None, "--image-root", help="Images resolve inside this folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder."),
+    vlm_url: Optional[str] = typer.Option(None, "--vlm-url"),
+    vlm_model: Optional[str] = typer.Option(None, "--vlm-model"),
+    reasoner_url: Optional[str] = typer.Option(None, "--reasoner-url"),
+    reasoner_model: Optional[str] = typer.Option(None, "--reasoner-model"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config; flags override it."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Convert only the first N rows."),
+    source_name: Optional[str] = typer.Option(None, "--source-name"),
+    hint_answer: Optional[bool] = typer.Option(None, "--hint-answer/--blind", help="Pass the GT answer to the reasoner."),
+    vlm_concurrency: Optional[int] = typer.Option(None, "--vlm-concurrency"),
+    reasoner_concurrency: Optional[int] = typer.Option(None, "--reasoner-concurrency"),
+    max_in_flight: Optional[int] = typer.Option(None, "--max-in-flight"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Response store (default <out>/.state/responses.sqlite)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Convert one VQA dataset into a verified Vision-R1-cold style cold-start set."""
+    overrides = {
+        "source_format": source_format, "input": input, "image_root": image_root, "out": out,
+        "vlm.url": vlm_url, "vlm.model": vlm_model, "reasoner.url": reasoner_url, "reasoner.model": reasoner_model,
+        "limit": limit, "source_name": source_name, "hint_answer": hint_answer,
+        "vlm.max_concurrency": vlm_concurrency, "reasoner.max_concurrency": reasoner_concurrency,
+        "max_in_flight": max_in_flight, "cache_path": cache, "progress": progress,
+    }
+    try:
+        cfg = load_config(config, {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})
+        cfg.require_run_fields()
+    except (ValidationError, ValueError, OSError) as exc:
+        _fail(f"invalid configuration: {exc}")
+    manifest = run_convert(cfg)
+    _summary(manifest, cfg.out)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("outputs/demo"), "--out"),
+    n: int = typer.Option(24, "--n", help="Number of generated samples."),
+) -> None:
+    """DRY RUN: convert a small generated set against the bundled SIMULATED model endpoints."""
+    from .demo_data import make_demo_dataset
+    from .simulator import SimConfig, SimServer
+
+    banner = ("[bold yellow]DRY RUN — model outputs are SIMULATED by the bundled test server; "
+              "no real VLM or reasoner is called and the traces are not real data.[/]")
+    err.print(banner)
+    input_path, image_root = make_demo_dataset(out / "input", n=n)
+    vlm = SimServer(SimConfig(role="vlm", models=["simulated-qwen2.5-vl"], slots=8, per_token_s=0.0005,
+                              p429=0.05, p500=0.03)).start()
+    reasoner = SimServer(SimConfig(role="reasoner", models=["simulated-deepseek-r1"], slots=8, per_token_s=0.0002,
+                                   wrong_rate=0.15, reasoning_mode="inline", pdrop=0.03)).start()
+    try:
+        cfg = ConvertConfig(
+            source_format="llava-cot", input=input_path, image_root=image_root, out=out / "converted",
+            source_name="demo",
+            vlm={"url": vlm.url, "model": "simulated-qwen2.5-vl", "max_concurrency": 8},
+            reasoner={"url": reasoner.url, "model": "simulated-deepseek-r1", "max_concurrency": 8,
+                      "api_key_env": "COLDSTART_REASONER_API_KEY"},
+        )
+        manifest = run_convert(cfg)
+    finally:
+        vlm.stop()
+        reasoner.stop()
+    _summary(manifest, cfg.out)
+    err.print(banner)
+
+
+@app.command()
+def simulate(
+    role: str = typer.Option("reasoner", "--role", help="vlm | reasoner"),
+    model: list[str] = typer.Option(["sim-model"], "--model"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with SimConfig fields."),
+) -> None:
+    """Serve a SIMULATED OpenAI-compatible endpoint (for tests and dry runs only)."""
+    import yaml
+
+    from .simulator import SimConfig, SimServer
+
+    data = yaml.safe_load(config.read_text()) if config else {}
+    data.setdefault("role", role)
+    data.setdefault("models", model)
+    sim = SimServer(SimConfig.model_validate(data), host=host, port=port)
+    err.print(f"[yellow]SIMULATED {data['role']} endpoint on http://{host}:{port}/v1 (models: {data['models']})[/]")
+    sim.serve_forever()
+
+
+def main() -> None:  # pragma: no cover
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,164 @@
+"""One validated configuration object: YAML file + CLI overrides, defaults that work.
+
+Secrets never live here: API keys are read from the environment variables named by
+``api_key_env`` at client construction time, so a dumped config cannot leak them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SourceFormat = Literal["llava-cot", "mulberry", "jsonl", "parquet"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingConfig(_Strict):
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 4096
+    seed: int | None = None
+
+
+class EndpointConfig(_Strict):
+    url: str | None = None  # OpenAI-compatible base URL, e.g. http://host:8000/v1
+    model: str | None = None
+    api_key_env: str = "COLDSTART_VLM_API_KEY"
+    max_concurrency: int = Field(64, ge=1)  # requests in flight to this endpoint
+    timeout_s: float = Field(900.0, gt=0)  # one request, including a long R1 generation
+    max_attempts: int = Field(8, ge=1)  # tries per request before the row is rejected
+    max_backoff_s: float = Field(60.0, gt=0)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+def _vlm_default() -> EndpointConfig:
+    return EndpointConfig(
+        api_key_env="COLDSTART_VLM_API_KEY",
+        sampling=SamplingConfig(temperature=0.2, top_p=0.95, max_tokens=2048),
+    )
+
+
+def _reasoner_default() -> EndpointConfig:
+    # DeepSeek's guidance for R1: temperature 0.6, top_p 0.95, no system prompt.
+    return EndpointConfig(
+        api_key_env="COLDSTART_REASONER_API_KEY",
+        max_concurrency=128,
+        sampling=SamplingConfig(temperature=0.6, top_p=0.95, max_tokens=16384),
+    )
+
+
+class ColumnMapping(_Strict):
+    """Where the generic jsonl/parquet readers find each field."""
+
+    id: str | None = "id"
+    image: str = "image"  # a path or a list of paths
+    question: str = "question"
+    answer: str = "answer"
+    options: str | None = None  # a list of option texts, or a {letter: text} mapping
+
+
+class ImageConfig(_Strict):
+    max_pixels: int | None = 1280 * 28 * 28  # downscale before sending; None sends as is
+    max_file_bytes: int = 50 * 1024 * 1024
+    max_decoded_pixels: int = 64_000_000  # larger is treated as a decompression bomb
+    encode_format: Literal["PNG", "JPEG"] = "PNG"
+
+
+class PromptConfig(_Strict):
+    pseudo_cot: str = "pseudo_cot.v1"
+    description: str = "description.v1"
+    reasoning_blind: str = "reasoning_blind.v1"
+    reasoning_hinted: str = "reasoning_hinted.v1"
+    directory: Path | None = None  # defaults to the project's prompts/
+
+
+class ConvertConfig(_Strict):
+    source_format: SourceFormat = "llava-cot"
+    input: Path | None = None
+    image_root: Path | None = None
+    out: Path = Path("outputs/convert")
+    source_name: str | None = None  # defaults to the input file's stem
+    limit: int | None = Field(None, ge=0)
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+
+    vlm: EndpointConfig = Field(default_factory=_vlm_default)
+    reasoner: EndpointConfig = Field(default_factory=_reasoner_default)
+    hint_answer: bool = False  # pass the ground truth to the reasoner ("hinted" mode)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    images: ImageConfig = Field(default_factory=ImageConfig)
+
+    max_in_flight: int | None = Field(None, ge=1)  # samples in flight; None = derived from concurrency
+    verify_workers: int = Field(1, ge=1)  # processes for answer checking (math-verify is CPU-bound)
+    shard_rows: int = Field(5000, ge=1)
+    cache_path: Path | None = None  # response store; defaults to <out>/.state/responses.sqlite
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "ConvertConfig":
+        if self.max_in_flight is None:
+            # Enough samples that both endpoints stay saturated while others wait between stages.
+            self.max_in_flight = 2 * (self.vlm.max_concurrency + self.reasoner.max_concurrency)
+        return self
+
+    @property
+    def resolved_cache_path(self) -> Path:
+        return self.cache_path or self.out / ".state" / "responses.sqlite"
+
+    def require_run_fields(self) -> None:
+        missing = [
+            name
+            for name, value in [
+                ("--input", self.input),
+                ("--image-root", self.image_root),
+                ("--vlm-url", self.vlm.url),
+                ("--vlm-model", self.vlm.model),
+                ("--reasoner-url", self.reasoner.url),
+                ("--reasoner-model", self.reasoner.model),
+            ]
+            if value in (None, "")
+        ]
+        if missing:
+            raise ValueError("missing required settings (flag or config file): " + ", ".join(missing))
+
+    def public_dict(self) -> dict[str, Any]:
+        """The resolved config as JSON-able data; holds env var names, never key values."""
+        return self.model_dump(mode="json")
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    node = target
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> ConvertConfig:
+    """Read an optional YAML file, apply dotted-key overrides (None values ignored), validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the config file must hold a mapping")
+        data = loaded
+    patch: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(patch, key, value)
+    return ConvertConfig.model_validate(_deep_merge(data, patch))

@@ -1,0 +1,81 @@
+"""Typed records that flow through the pipeline: source -> stages -> verify -> writers."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Option(BaseModel):
+    letter: str
+    text: str
+
+
+class Sample(BaseModel):
+    """One question about zero or more images, as every source reader emits it."""
+
+    index: int  # position in the input stream; output order follows it
+    id: str
+    source: str
+    images: list[str] = Field(default_factory=list)  # as written in the input, relative to image_root
+    question: str = ""
+    answer: str = ""
+    options: list[Option] = Field(default_factory=list)
+
+
+class Rejected(BaseModel):
+    """A row that will not be kept, with a machine-readable reason and a human-readable detail."""
+
+    index: int
+    id: str
+    source: str = ""
+    stage: str  # read | validate | image | pseudo_cot | description | reasoning | verify | ...
+    reason: str
+    detail: str = ""
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0  # responses used (cached or fresh)
+    cached: int = 0  # of which came from the response store
+
+    def add(self, other: "Usage") -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.requests += other.requests
+        self.cached += other.cached
+
+
+class ChatResult(BaseModel):
+    """What a stage gets back from a model endpoint."""
+
+    content: str
+    reasoning: str | None = None
+    finish_reason: str | None = None
+    model: str
+    usage: Usage
+    cached: bool = False
+    request_key: str
+
+
+class Kept(BaseModel):
+    """A verified sample, ready for the writers."""
+
+    index: int
+    id: str
+    source: str
+    images: list[str]  # relative to the output folder (LLaMA-Factory dataset_dir)
+    source_images: list[str]  # as in the input, relative to image_root
+    image_sha256: list[str]
+    question: str
+    answer: str
+    pred_answer: str
+    match: str  # which comparison accepted the answer
+    pseudo_cot: str
+    description: str
+    reasoning: str
+    final_text: str  # the reasoner's visible answer text (after </think>)
+    conversations: list[dict[str, str]]
+    usage: dict[str, Usage]
+    models: dict[str, str]
+    prompts: dict[str, str]  # prompt name -> "name@sha256[:12]"

@@ -1,0 +1,270 @@
+"""The executor: streams samples through the stages with bounded in-flight work, then writes.
+
+Source -> (validate, images, pseudo-CoT, description, reasoning, verify) per sample, each sample
+moving on as soon as its previous step finishes -> outcome table -> writers. A row never stops
+the run: every failure becomes a Rejected outcome with its stage and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from . import __version__
+from .client import EndpointCheckFailed, ModelClient
+from .config import ConvertConfig
+from .counters import RunCounters
+from .images import ImageError, load_images, relative_to_out
+from .progress import Progress
+from .prompts import PromptLibrary
+from .records import Kept, Rejected, Sample, Usage
+from .results import ResultTable
+from .sources import open_source
+from .stages import STAGES, StageOutputs, StageRejected, Stages
+from .verify.compare import check_output
+from .writers import JSONL_NAME, dataset_info, reject_row, vision_r1_record, write_json, write_jsonl, write_parquet_shards
+
+log = logging.getLogger("coldstart")
+
+
+def validate_sample(s: Sample) -> Rejected | None:
+    def rej(reason: str, detail: str) -> Rejected:
+        return Rejected(index=s.index, id=s.id, source=s.source, stage="validate", reason=reason, detail=detail)
+
+    if not s.question.strip():
+        return rej("empty_question", "the question is empty")
+    if not s.answer.strip():
+        return rej("missing_answer", "no ground-truth answer")
+    if not s.images:
+        return rej("no_image", "the row names no image")
+    return None
+
+
+def estimate_total(cfg: ConvertConfig) -> int | None:
+    """Rows expected, for the ETA only; cheap formats are counted, the rest stay unknown."""
+    assert cfg.input is not None
+    total: int | None = None
+    try:
+        if cfg.source_format in ("jsonl", "llava-cot"):
+            with open(cfg.input, "rb") as fh:
+                total = sum(1 for line in fh if line.strip())
+        elif cfg.source_format == "parquet":
+            total = pq.ParquetFile(cfg.input).metadata.num_rows
+    except OSError:
+        return cfg.limit
+    if cfg.limit is not None:
+        return min(cfg.limit, total) if total is not None else cfg.limit
+    return total
+
+
+def human_turn(question: str, n_images: int) -> str:
+    # The number of <image> tokens must equal the number of images (LLaMA-Factory checks it).
+    return "<image>\n" * n_images + question
+
+
+def gpt_turn(reasoning: str, answer: str) -> str:
+    return f"<think>\n{reasoning.strip()}\n</think>\n<answer> Final Answer:{answer} </answer>"
+
+
+class Converter:
+    def __init__(self, cfg: ConvertConfig, progress: bool | None = None):
+        cfg.require_run_fields()
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.counters = RunCounters()
+        self.show_progress = cfg.progress if progress is None else progress
+
+    async def run(self) -> dict[str, Any]:
+        from .store import ResponseStore
+
+        cfg = self.cfg
+        vlm = ModelClient(cfg.vlm, "vlm")
+        reasoner = ModelClient(cfg.reasoner, "reasoner")
+        self.clients = {"vlm": vlm, "reasoner": reasoner}
+        store = None
+        try:
+            # Fail fast, before anything is read or written.
+            await asyncio.gather(vlm.check(), reasoner.check())
+            self.out.mkdir(parents=True, exist_ok=True)
+            store = vlm.store = reasoner.store = ResponseStore(cfg.resolved_cache_path)
+            stages = Stages(cfg, vlm, reasoner, PromptLibrary(cfg.prompts.directory))
+            results = ResultTable(self.out / ".state" / "outcomes.sqlite")
+            # spawn: forking a process that runs an event loop and SQLite handles is unsafe.
+            pool = ProcessPoolExecutor(cfg.verify_workers, mp_context=multiprocessing.get_context("spawn"))
+            progress = Progress(self.counters, self.clients, enabled=self.show_progress)
+            self.counters.total = estimate_total(cfg)
+            progress.start()
+            try:
+                await self._stream(stages, results, pool)
+            finally:
+                await progress.stop()
+                pool.shutdown(wait=False, cancel_futures=True)
+            manifest = self._finalize(results, stages)
+            results.close()
+            return manifest
+        finally:
+            await vlm.close()
+            await reasoner.close()
+            if store is not None:
+                store.close()
+
+    async def _stream(self, stages: Stages, results: ResultTable, pool: ProcessPoolExecutor) -> None:
+        assert self.cfg.max_in_flight is not None
+        admission = asyncio.Semaphore(self.cfg.max_in_flight)
+        tasks: set[asyncio.Task] = set()
+        counters = self.counters
+
+        def record(outcome: Kept | Rejected) -> None:
+            results.put(outcome)
+            if isinstance(outcome, Kept):
+                counters.kept += 1
+            else:
+                counters.rejected += 1
+                counters.by_reason[outcome.reason] += 1
+                counters.by_stage[outcome.stage] += 1
+
+        async def one(sample: Sample) -> None:
+            try:
+                record(await self._process(sample, stages, pool))
+            finally:
+                admission.release()
+
+        for item in open_source(self.cfg):
+            counters.read += 1
+            if isinstance(item, Rejected):
+                record(item)
+                await asyncio.sleep(0)
+                continue
+            await admission.acquire()
+            task = asyncio.create_task(one(item))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        while tasks:
+            await asyncio.gather(*list(tasks))
+
+    async def _process(self, sample: Sample, stages: Stages, pool: ProcessPoolExecutor) -> Kept | Rejected:
+        stage = "validate"
+
+        def rej(reason: str, detail: str, at: str | None = None) -> Rejected:
+            return Rejected(index=sample.index, id=sample.id, source=sample.source, stage=at or stage,
+                            reason=reason, detail=detail)
+
+        try:
+            if (bad := validate_sample(sample)) is not None:
+                return bad
+            stage = "image"
+            assert self.cfg.image_root is not None
+            images = await asyncio.to_thread(load_images, Path(self.cfg.image_root), sample.images, self.cfg.images)
+            stage = "model"
+            outputs = await self._run_stages(sample, images, stages)
+            stage = "verify"
+            r = outputs.reasoning
+            reasoning = r.reasoning if r.reasoning else r.content
+            loop = asyncio.get_running_loop()
+            verdict = await loop.run_in_executor(pool, check_output, r.content, r.reasoning, sample.answer, sample.options)
+            if not verdict.correct:
+                return rej("wrong_answer" if verdict.pred else "no_answer",
+                           f"pred={verdict.pred!r} gold={sample.answer!r} ({verdict.method})")
+            rel = [relative_to_out(im, self.out) for im in images]
+            return Kept(
+                index=sample.index, id=sample.id, source=sample.source, images=rel,
+                source_images=list(sample.images), image_sha256=[im.file_sha256 for im in images],
+                question=sample.question, answer=sample.answer, pred_answer=verdict.pred or "",
+                match=verdict.method, pseudo_cot=outputs.pseudo_cot.content,
+                description=outputs.description.content, reasoning=reasoning, final_text=r.content,
+                conversations=[
+                    {"from": "human", "value": human_turn(sample.question, len(images))},
+                    {"from": "gpt", "value": gpt_turn(reasoning, sample.answer)},
+                ],
+                usage={s: getattr(outputs, s).usage for s in STAGES},
+                models={"vlm": self.cfg.vlm.model or "", "reasoner": self.cfg.reasoner.model or ""},
+                prompts=stages.prompt_tags,
+            )
+        except ImageError as exc:
+            return rej(exc.reason, exc.detail, "image")
+        except StageRejected as exc:
+            return rej(exc.reason, exc.detail, exc.stage)
+        except Exception as exc:  # a bug or an unforeseen input must cost one row, not the run
+            log.error("sample %s failed at %s:\n%s", sample.id, stage, traceback.format_exc())
+            return rej("internal_error", f"{type(exc).__name__}: {exc}")
+
+    async def _run_stages(self, sample: Sample, images, stages: Stages) -> StageOutputs:
+        c = self.counters
+        current: list[str] = []
+
+        def enter(stage: str | None) -> None:
+            # Per-stage in-flight/done counts for the progress display.
+            if current:
+                c.stage_active[current[0]] -= 1
+                c.stage_done[current.pop()] += 1
+            if stage:
+                c.stage_active[stage] += 1
+                current.append(stage)
+
+        try:
+            outputs = await stages.run(sample, images, on_stage=enter)
+            enter(None)
+            return outputs
+        finally:
+            if current:
+                c.stage_active[current.pop()] -= 1
+
+    def _finalize(self, results: ResultTable, stages: Stages) -> dict[str, Any]:
+        c, cfg = self.counters, self.cfg
+        kept_n, rejected_n = results.count(True), results.count(False)
+        if kept_n + rejected_n != c.read:
+            raise RuntimeError(f"bookkeeping error: kept {kept_n} + rejected {rejected_n} != read {c.read}")
+        shards = write_parquet_shards(self.out, results.iter_kept(), kept_n, cfg.shard_rows)
+        write_jsonl(self.out / JSONL_NAME, (vision_r1_record(k) for k in results.iter_kept()))
+        write_jsonl(self.out / "rejects.jsonl", (reject_row(r) for r in results.iter_rejected()))
+        name = f"coldstart_{cfg.source_name or Path(cfg.input or 'data').stem}".replace("-", "_")
+        write_json(self.out / "dataset_info.json", dataset_info(name))
+        usage: dict[str, Usage] = {s: Usage() for s in STAGES}
+        for k in results.iter_kept():
+            for s in STAGES:
+                usage[s].add(k.usage[s])
+        usage_all: dict[str, Usage] = {s: Usage() for s in STAGES}
+        for cl in self.clients.values():
+            for s, u in cl.stats.usage_by_stage.items():
+                usage_all.setdefault(s, Usage()).add(u)
+        manifest = {
+            "coldstart_version": __version__,
+            "created_unix": int(time.time()),
+            "counts": {
+                "read": c.read,
+                "kept": kept_n,
+                "rejected": rejected_n,
+                "rejected_by_reason": dict(sorted(c.by_reason.items())),
+                "rejected_by_stage": dict(sorted(c.by_stage.items())),
+            },
+            # Every response this run used (kept and rejected samples), and the kept samples' share.
+            "usage_by_stage": {s: u.model_dump() for s, u in usage_all.items()},
+            "usage_kept_by_stage": {s: u.model_dump() for s, u in usage.items()},
+            "endpoints": {
+                role: {"model": cl.model, "url": cl.cfg.url, "sent": cl.stats.sent, "cached": cl.stats.cached,
+                       "retries": cl.stats.retries, "failed": cl.stats.failed, "usage": cl.stats.usage.model_dump()}
+                for role, cl in self.clients.items()
+            },
+            "models": {"vlm": cfg.vlm.model, "reasoner": cfg.reasoner.model},
+            "prompts": {s: {"name": t.name, "sha256": t.sha256} for s, t in stages.templates.items()},
+            "files": {"parquet": shards, "jsonl": JSONL_NAME, "rejects": "rejects.jsonl",
+                      "dataset_info": "dataset_info.json"},
+            "dataset_name": name,
+            "wall_s": round(c.elapsed(), 3),
+            "config": cfg.public_dict(),
+        }
+        # Timing and live endpoint counters differ between a fresh run and a resumed one;
+        # everything else in the output is a pure function of input, config and stored responses.
+        write_json(self.out / "manifest.json", manifest)
+        return manifest
+
+
+__all__ = ["Converter", "EndpointCheckFailed"]

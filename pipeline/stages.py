@@ -1,0 +1,111 @@
+"""The three model stages of modality bridging, per sample.
+
+pseudo-CoT (VLM: image + question + GT) -> description (VLM: image + question + pseudo-CoT)
+-> reasoning (text-only reasoner: description + question, GT only in hinted mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .client import ModelClient, RequestFailed
+from .config import ConvertConfig
+from .images import EncodedImage
+from .prompts import PromptLibrary, PromptTemplate
+from .records import ChatResult, Sample
+
+STAGES = ("pseudo_cot", "description", "reasoning")
+# Later stages first: a free slot goes to the sample closest to done.
+PRIORITY = {"reasoning": 0, "description": 1, "pseudo_cot": 2}
+
+
+class StageRejected(Exception):
+    def __init__(self, stage: str, reason: str, detail: str):
+        super().__init__(f"{stage}: {reason}: {detail}")
+        self.stage = stage
+        self.reason = reason
+        self.detail = detail
+
+
+def _vlm_messages(images: list[EncodedImage], text: str) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": im.data_url}} for im in images]
+    parts.append({"type": "text", "text": text})
+    return [{"role": "user", "content": parts}]
+
+
+@dataclass
+class StageOutputs:
+    pseudo_cot: ChatResult
+    description: ChatResult
+    reasoning: ChatResult
+
+
+class Stages:
+    def __init__(self, cfg: ConvertConfig, vlm: ModelClient, reasoner: ModelClient, prompts: PromptLibrary):
+        self.cfg = cfg
+        self.vlm = vlm
+        self.reasoner = reasoner
+        p = cfg.prompts
+        self.templates: dict[str, PromptTemplate] = {
+            "pseudo_cot": prompts.get(p.pseudo_cot),
+            "description": prompts.get(p.description),
+            "reasoning": prompts.get(p.reasoning_hinted if cfg.hint_answer else p.reasoning_blind),
+        }
+
+    @property
+    def prompt_tags(self) -> dict[str, str]:
+        return {stage: t.tag for stage, t in self.templates.items()}
+
+    @staticmethod
+    def _accept(stage: str, result: ChatResult) -> ChatResult:
+        if result.finish_reason == "length":
+            # Never keep a half-finished generation; the limit is max_tokens of that endpoint.
+            raise StageRejected(stage, "truncated", f"finish_reason=length after {result.usage.completion_tokens} tokens")
+        if not result.content.strip() and not (result.reasoning or "").strip():
+            raise StageRejected(stage, "empty_output", f"finish_reason={result.finish_reason}")
+        return result
+
+    async def _vlm(self, stage: str, sample: Sample, images: list[EncodedImage], text: str) -> ChatResult:
+        result = await self.vlm.chat(
+            _vlm_messages(images, text), stage=stage, priority=PRIORITY[stage], order=sample.index,
+            image_hashes={im.data_url: im.sent_sha256 for im in images},
+        )
+        return self._accept(stage, result)
+
+    async def run(self, sample: Sample, images: list[EncodedImage],
+                  on_stage: Callable[[str], None] | None = None) -> StageOutputs:
+        t = self.templates
+        stage = "pseudo_cot"
+
+        def enter(name: str) -> None:
+            nonlocal stage
+            stage = name
+            if on_stage:
+                on_stage(name)
+
+        try:
+            return await self._run(sample, images, t, enter)
+        except RequestFailed as exc:
+            raise StageRejected(stage, exc.reason, exc.detail) from None
+
+    async def _run(self, sample, images, t, enter) -> StageOutputs:
+        enter("pseudo_cot")
+        pseudo = await self._vlm(
+            "pseudo_cot", sample, images, t["pseudo_cot"].render(question=sample.question, answer=sample.answer)
+        )
+        enter("description")
+        description = await self._vlm(
+            "description", sample, images,
+            t["description"].render(question=sample.question, pseudo_cot=pseudo.content),
+        )
+        prompt = t["reasoning"].render(
+            description=description.content, question=sample.question, answer=sample.answer
+        )
+        enter("reasoning")
+        reasoning = await self.reasoner.chat(
+            [{"role": "user", "content": prompt}],  # no system prompt for R1
+            stage="reasoning", priority=PRIORITY["reasoning"], order=sample.index,
+        )
+        return StageOutputs(pseudo, description, self._accept("reasoning", reasoning))

@@ -1,0 +1,131 @@
+"""Writers: Parquet shards, Vision-R1-cold JSONL + LLaMA-Factory dataset_info.json, rejects, manifest.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a crash
+never leaves a half-written shard where a trainer would read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, IO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .records import Kept, Rejected
+
+JSONL_NAME = "vision_r1_cold.jsonl"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+DATA_DIR = "data"
+
+_USAGE = pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+                    ("requests", pa.int64()), ("cached", pa.int64())])
+_STAGE_STRUCT = lambda t: pa.struct([("pseudo_cot", t), ("description", t), ("reasoning", t)])  # noqa: E731
+
+PARQUET_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("image", pa.string()),  # first image, relative to the output folder ("" when none)
+    ("images", pa.list_(pa.string())),
+    ("source_images", pa.list_(pa.string())),
+    ("image_sha256", pa.list_(pa.string())),
+    ("question", pa.string()),
+    ("answer", pa.string()),
+    ("pred_answer", pa.string()),
+    ("match", pa.string()),
+    ("pseudo_cot", pa.string()),
+    ("description", pa.string()),
+    ("reasoning", pa.string()),
+    ("final_text", pa.string()),
+    ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+    ("usage", _STAGE_STRUCT(_USAGE)),
+    ("models", pa.struct([("vlm", pa.string()), ("reasoner", pa.string())])),
+    ("prompts", _STAGE_STRUCT(pa.string())),
+])
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp makes 0600; outputs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_open(path) as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    with atomic_open(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def parquet_row(k: Kept) -> dict[str, Any]:
+    row = k.model_dump(exclude={"index", "final_text"})
+    row["final_text"] = k.final_text
+    row["image"] = k.images[0] if k.images else ""
+    return row
+
+
+def vision_r1_record(k: Kept) -> dict[str, Any]:
+    # One image keeps Vision-R1-cold's string form; several become a list (LLaMA-Factory accepts both).
+    image: str | list[str] = k.images[0] if len(k.images) == 1 else list(k.images)
+    return {"id": k.id, "image": image, "conversations": k.conversations}
+
+
+def write_parquet_shards(out: Path, rows: Iterable[Kept], total: int, shard_rows: int) -> list[str]:
+    data_dir = out / DATA_DIR
+    data_dir.mkdir(parents=True, exist_ok=True)
+    n_shards = max(1, -(-total // shard_rows))
+    names = [f"train-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
+    it = iter(rows)
+    for name in names:
+        batch = []
+        for k in it:
+            batch.append(parquet_row(k))
+            if len(batch) == shard_rows:
+                break
+        table = pa.Table.from_pylist(batch, schema=PARQUET_SCHEMA)
+        with atomic_open(data_dir / name, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+    for stale in data_dir.glob("*.parquet"):  # shards of an earlier run with another shard count
+        if stale.name not in names:
+            stale.unlink()
+    return [f"{DATA_DIR}/{n}" for n in names]
+
+
+def dataset_info(name: str) -> dict[str, Any]:
+    return {
+        name: {
+            "file_name": JSONL_NAME,
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "images": "image"},
+            "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
+        }
+    }
+
+
+def reject_row(r: Rejected) -> dict[str, Any]:
+    return {"id": r.id, "index": r.index, "source": r.source, "stage": r.stage, "reason": r.reason, "detail": r.detail}
