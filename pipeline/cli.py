@@ -11,6 +11,7 @@ from typing import Any, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from .config import ConvertConfig, SourceFormat, load_config
 from .client import EndpointCheckFailed
@@ -20,7 +21,8 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    # Text, not markup: messages carry URLs and model names that may contain brackets.
+    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -102,8 +104,7 @@ def demo(
             source_format="llava-cot", input=input_path, image_root=image_root, out=out / "converted",
             source_name="demo",
             vlm={"url": vlm.url, "model": "simulated-qwen2.5-vl", "max_concurrency": 8},
-            reasoner={"url": reasoner.url, "model": "simulated-deepseek-r1", "max_concurrency": 8,
-                      "api_key_env": "COLDSTART_REASONER_API_KEY"},
+            reasoner={"url": reasoner.url, "model": "simulated-deepseek-r1", "max_concurrency": 8},
         )
         manifest = run_convert(cfg)
     finally:

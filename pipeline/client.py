@@ -102,7 +102,6 @@ def parse_completion(raw: dict[str, Any], key: str, cached: bool) -> ChatResult:
             prompt_tokens=usage.get("prompt_tokens") or 0,
             completion_tokens=usage.get("completion_tokens") or 0,
             requests=1,
-            cached=int(cached),
         ),
         cached=cached,
         request_key=key,

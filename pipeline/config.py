@@ -37,20 +37,27 @@ class EndpointConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
 
-def _vlm_default() -> EndpointConfig:
-    return EndpointConfig(
-        api_key_env="COLDSTART_VLM_API_KEY",
-        sampling=SamplingConfig(temperature=0.2, top_p=0.95, max_tokens=2048),
-    )
+# Role-specific classes, so a partial section in YAML or flags keeps its role's defaults.
+class VlmSamplingConfig(SamplingConfig):
+    temperature: float = 0.2
+    max_tokens: int = 2048
 
 
-def _reasoner_default() -> EndpointConfig:
+class ReasonerSamplingConfig(SamplingConfig):
     # DeepSeek's guidance for R1: temperature 0.6, top_p 0.95, no system prompt.
-    return EndpointConfig(
-        api_key_env="COLDSTART_REASONER_API_KEY",
-        max_concurrency=128,
-        sampling=SamplingConfig(temperature=0.6, top_p=0.95, max_tokens=16384),
-    )
+    temperature: float = 0.6
+    max_tokens: int = 16384
+
+
+class VlmEndpointConfig(EndpointConfig):
+    api_key_env: str = "COLDSTART_VLM_API_KEY"
+    sampling: VlmSamplingConfig = Field(default_factory=VlmSamplingConfig)
+
+
+class ReasonerEndpointConfig(EndpointConfig):
+    api_key_env: str = "COLDSTART_REASONER_API_KEY"
+    max_concurrency: int = Field(128, ge=1)
+    sampling: ReasonerSamplingConfig = Field(default_factory=ReasonerSamplingConfig)
 
 
 class ColumnMapping(_Strict):
@@ -87,8 +94,8 @@ class ConvertConfig(_Strict):
     limit: int | None = Field(None, ge=0)
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
 
-    vlm: EndpointConfig = Field(default_factory=_vlm_default)
-    reasoner: EndpointConfig = Field(default_factory=_reasoner_default)
+    vlm: VlmEndpointConfig = Field(default_factory=VlmEndpointConfig)
+    reasoner: ReasonerEndpointConfig = Field(default_factory=ReasonerEndpointConfig)
     hint_answer: bool = False  # pass the ground truth to the reasoner ("hinted" mode)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     images: ImageConfig = Field(default_factory=ImageConfig)

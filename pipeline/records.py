@@ -36,14 +36,14 @@ class Rejected(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    requests: int = 0  # responses used (cached or fresh)
-    cached: int = 0  # of which came from the response store
+    requests: int = 0  # responses used, fresh or from the response store
+    # Whether a response came from the store is operational, not data: it lives in the
+    # endpoint stats, so a resumed run writes exactly the records an uninterrupted run writes.
 
     def add(self, other: "Usage") -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.requests += other.requests
-        self.cached += other.cached
 
 
 class ChatResult(BaseModel):

@@ -25,7 +25,7 @@ os.umask(_UMASK)
 DATA_DIR = "data"
 
 _USAGE = pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-                    ("requests", pa.int64()), ("cached", pa.int64())])
+                    ("requests", pa.int64())])
 _STAGE_STRUCT = lambda t: pa.struct([("pseudo_cot", t), ("description", t), ("reasoning", t)])  # noqa: E731
 
 PARQUET_SCHEMA = pa.schema([

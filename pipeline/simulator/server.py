@@ -100,13 +100,22 @@ class SimServer:
     # ---- app ---------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)
-        app.router.add_get("/health", lambda r: web.Response(text="ok"))
+        app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/sim/stats", lambda r: web.json_response(self.stats()))
-        app.router.add_get("/sim/prompts", lambda r: web.json_response(list(self.prompts)))
+        app.router.add_get("/sim/stats", self._stats)
+        app.router.add_get("/sim/prompts", self._prompts)
         app.router.add_post("/sim/reset", self._reset)
         return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _prompts(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.prompts))
 
     async def _reset(self, request: web.Request) -> web.Response:
         self._reset_stats()
@@ -238,7 +247,8 @@ class SimServer:
     # ---- lifecycle ---------------------------------------------------------------------------
     async def _start(self) -> None:
         self._slots = asyncio.Semaphore(self.config.slots)
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # Like vLLM, abort a request whose client went away instead of finishing it for nobody.
+        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

@@ -1,0 +1,70 @@
+"""Shared fixtures: simulated endpoints on loopback, generated datasets, CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.demo_data import make_demo_dataset
+from pipeline.simulator import SimConfig, SimServer
+
+ROOT = Path(__file__).resolve().parent.parent
+VLM_MODEL = "sim-qwen2.5-vl"
+R1_MODEL = "sim-r1"
+
+
+def start_sims(vlm: dict[str, Any] | None = None, reasoner: dict[str, Any] | None = None) -> tuple[SimServer, SimServer]:
+    v = SimServer(SimConfig(**{"role": "vlm", "models": [VLM_MODEL], "slots": 8, **(vlm or {})})).start()
+    r = SimServer(SimConfig(**{"role": "reasoner", "models": [R1_MODEL], "slots": 8, **(reasoner or {})})).start()
+    return v, r
+
+
+@pytest.fixture
+def sims():
+    v, r = start_sims(reasoner={"wrong_rate": 0.2})
+    yield v, r
+    v.stop()
+    r.stop()
+
+
+def sim_stats(sim: SimServer) -> dict[str, Any]:
+    """Read stats over HTTP, as any client of the simulator would."""
+    with urllib.request.urlopen(sim.url.removesuffix("/v1") + "/sim/stats", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def reset_sim(sim: SimServer) -> None:
+    req = urllib.request.Request(sim.url.removesuffix("/v1") + "/sim/reset", method="POST", data=b"")
+    urllib.request.urlopen(req, timeout=10).read()
+
+
+@pytest.fixture
+def demo_set(tmp_path):
+    return make_demo_dataset(tmp_path / "input", n=16)
+
+
+def convert_args(input_path: Path, image_root: Path, out: Path, vlm: SimServer, reasoner: SimServer,
+                 fmt: str = "llava-cot", *extra: str) -> list[str]:
+    return [
+        "convert", "--source-format", fmt, "--input", str(input_path), "--image-root", str(image_root),
+        "--out", str(out), "--vlm-url", vlm.url, "--vlm-model", VLM_MODEL,
+        "--reasoner-url", reasoner.url, "--reasoner-model", R1_MODEL, "--no-progress", *extra,
+    ]
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The console script as a real process (what a user runs)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
