@@ -87,12 +87,14 @@ def split_reasoning(content: str, reasoning_field: str | None) -> tuple[str | No
     return None, content.strip()
 
 
-def parse_completion(raw: dict[str, Any], key: str, cached: bool) -> ChatResult:
-    choice = (raw.get("choices") or [{}])[0]
+def parse_completion(raw: dict[str, Any], key: str, cached: bool, index: int = 0) -> ChatResult:
+    choices = raw.get("choices") or [{}]
+    choice = choices[index] if index < len(choices) else {}
     message = choice.get("message") or {}
     reasoning_field = message.get("reasoning_content") or message.get("reasoning")
     reasoning, content = split_reasoning(message.get("content") or "", reasoning_field)
-    usage = raw.get("usage") or {}
+    # With n > 1 the server reports one usage for all choices: it is carried by the first.
+    usage = (raw.get("usage") or {}) if index == 0 else {}
     return ChatResult(
         content=content,
         reasoning=reasoning,
@@ -101,7 +103,7 @@ def parse_completion(raw: dict[str, Any], key: str, cached: bool) -> ChatResult:
         usage=Usage(
             prompt_tokens=usage.get("prompt_tokens") or 0,
             completion_tokens=usage.get("completion_tokens") or 0,
-            requests=1,
+            requests=1 if index == 0 else 0,
         ),
         cached=cached,
         request_key=key,
@@ -198,13 +200,25 @@ class ModelClient:
         self, messages: list[dict[str, Any]], *, stage: str, priority: int, order: int,
         image_hashes: dict[str, str] | None = None,
     ) -> ChatResult:
+        return (await self.chat_choices(messages, stage=stage, priority=priority, order=order,
+                                        image_hashes=image_hashes))[0]
+
+    async def chat_choices(
+        self, messages: list[dict[str, Any]], *, stage: str, priority: int, order: int,
+        image_hashes: dict[str, str] | None = None, n: int = 1, variant: int = 0,
+    ) -> list[ChatResult]:
+        """n choices from one request (`n` parameter). `variant` > 0 names an independent repeat of
+        the same request (best-of-k where the endpoint has no `n`): part of the key, never sent."""
         params = self.sampling_params()
+        if n > 1:
+            params["n"] = n
+        key_params = {**params, "variant": variant} if variant else params
         assert self.store is not None, "ModelClient.store must be set before chat()"
-        key = request_key(self.model, canonical_messages(messages, image_hashes or {}), params)
+        key = request_key(self.model, canonical_messages(messages, image_hashes or {}), key_params)
         stored = self.store.get(key)
         if stored is not None:
             self.stats.cached += 1
-            result = parse_completion(stored, key, cached=True)
+            raw, cached = stored, True
         else:
             if key in self._inflight:  # the same request already on the wire: share it, pay once
                 raw = await asyncio.shield(self._inflight[key])
@@ -221,10 +235,12 @@ class ModelClient:
                     raise
                 finally:
                     del self._inflight[key]
-            result = parse_completion(raw, key, cached=False)
-        self.stats.usage.add(result.usage)
-        self.stats.usage_by_stage.setdefault(stage, Usage()).add(result.usage)
-        return result
+            cached = False
+        results = [parse_completion(raw, key, cached, i) for i in range(max(1, len(raw.get("choices") or [])))]
+        for result in results:
+            self.stats.usage.add(result.usage)
+            self.stats.usage_by_stage.setdefault(stage, Usage()).add(result.usage)
+        return results
 
     async def _send(self, messages, params, key, stage, priority, order) -> dict[str, Any]:
         retrying = AsyncRetrying(

@@ -58,6 +58,46 @@ class ReasonerEndpointConfig(EndpointConfig):
     api_key_env: str = "COLDSTART_REASONER_API_KEY"
     max_concurrency: int = Field(128, ge=1)
     sampling: ReasonerSamplingConfig = Field(default_factory=ReasonerSamplingConfig)
+    # Best-of-k through the `n` parameter (vLLM); the DeepSeek API has no `n`: set false to send k requests.
+    use_n: bool = True
+
+
+class JudgeSamplingConfig(SamplingConfig):
+    temperature: float = 0.0
+    max_tokens: int = 1024
+
+
+class JudgeConfig(EndpointConfig):
+    """Optional LLM judge (R1-Onevision style) on the chosen trace."""
+
+    enabled: bool = False
+    api_key_env: str = "COLDSTART_JUDGE_API_KEY"
+    max_concurrency: int = Field(32, ge=1)
+    sampling: JudgeSamplingConfig = Field(default_factory=JudgeSamplingConfig)
+    drop_invalid: bool = True  # false: keep the trace and record filter="invalid"
+
+
+class QualityConfig(_Strict):
+    """Rule filters and the modality rewrite applied to every reasoner trace."""
+
+    language: Literal["en", "zh"] | None = "en"
+    min_reasoning_tokens: int = Field(0, ge=0)
+    max_reasoning_tokens: int | None = Field(None, ge=1)
+    min_reasoning_words: int = Field(20, ge=0)  # below this the trace is near-empty
+    max_line_repeats: int = Field(3, ge=1)
+    min_distinct_ngram_ratio: float = Field(0.6, ge=0, le=1)
+    consistency: bool = True
+    answer_leak: Literal["reject", "regenerate", "off"] = "regenerate"
+    max_leak_regenerations: int = Field(1, ge=0)
+    rewrite: Literal["rules", "llm", "off"] = "rules"
+    rewrite_rules: str = "rewrite_rules.v1"  # prompts/<name>.yaml
+
+
+class DedupConfig(_Strict):
+    enabled: bool = True  # same image content + same normalised question: processed once
+    benchmark_questions: Path | None = None  # .txt (one per line), .jsonl/.json with "question"
+    ngram: int = Field(8, ge=1)
+    threshold: float = Field(0.5, gt=0, le=1)
 
 
 class ColumnMapping(_Strict):
@@ -82,6 +122,9 @@ class PromptConfig(_Strict):
     description: str = "description.v1"
     reasoning_blind: str = "reasoning_blind.v1"
     reasoning_hinted: str = "reasoning_hinted.v1"
+    description_noleak: str = "description_noleak.v1"
+    judge: str = "judge.v1"
+    rewrite_llm: str = "rewrite_llm.v1"
     directory: Path | None = None  # defaults to the project's prompts/
 
 
@@ -97,6 +140,10 @@ class ConvertConfig(_Strict):
     vlm: VlmEndpointConfig = Field(default_factory=VlmEndpointConfig)
     reasoner: ReasonerEndpointConfig = Field(default_factory=ReasonerEndpointConfig)
     hint_answer: bool = False  # pass the ground truth to the reasoner ("hinted" mode)
+    samples_per_question: int = Field(1, ge=1)  # best-of-k: k reasoner traces, the shortest good one kept
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     images: ImageConfig = Field(default_factory=ImageConfig)
 
@@ -130,6 +177,8 @@ class ConvertConfig(_Strict):
             ]
             if value in (None, "")
         ]
+        if self.judge.enabled:
+            missing += [f for f, v in (("judge.url", self.judge.url), ("judge.model", self.judge.model)) if not v]
         if missing:
             raise ValueError("missing required settings (flag or config file): " + ", ".join(missing))
 

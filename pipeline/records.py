@@ -73,8 +73,15 @@ class Kept(BaseModel):
     match: str  # which comparison accepted the answer
     pseudo_cot: str
     description: str
-    reasoning: str
+    reasoning: str  # after the modality rewrite; what the conversations hold
+    reasoning_original: str  # as the reasoner wrote it, for audit
     final_text: str  # the reasoner's visible answer text (after </think>)
+    k: int = 1  # traces asked for (best-of-k)
+    k_correct: int = 1  # of which had the right answer
+    pass_rate: float = 1.0  # k_correct / k: a difficulty signal for RL data selection
+    filter: str = ""  # LLM judge verdict, "valid" / "invalid" ("" when no judge ran)
+    judge_response: str = ""
+    description_attempts: int = 1  # >1 when a description leaked the answer and was regenerated
     conversations: list[dict[str, str]]
     usage: dict[str, Usage]
     models: dict[str, str]

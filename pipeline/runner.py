@@ -22,7 +22,10 @@ from . import __version__
 from .client import EndpointCheckFailed, ModelClient
 from .config import ConvertConfig
 from .counters import RunCounters
+from .dedup import Decontaminator, Deduplicator, file_hashes, load_benchmark_questions
+from .filters import Drop
 from .images import ImageError, load_images, relative_to_out
+from .quality import Choice, QualityGate
 from .progress import Progress
 from .prompts import PromptLibrary
 from .records import Kept, Rejected, Sample, Usage
@@ -89,13 +92,24 @@ class Converter:
         vlm = ModelClient(cfg.vlm, "vlm")
         reasoner = ModelClient(cfg.reasoner, "reasoner")
         self.clients = {"vlm": vlm, "reasoner": reasoner}
+        judge = None
+        if cfg.judge.enabled:
+            judge = self.clients["judge"] = ModelClient(cfg.judge, "judge")
         store = None
         try:
             # Fail fast, before anything is read or written.
-            await asyncio.gather(vlm.check(), reasoner.check())
+            await asyncio.gather(*(cl.check() for cl in self.clients.values()))
             self.out.mkdir(parents=True, exist_ok=True)
-            store = vlm.store = reasoner.store = ResponseStore(cfg.resolved_cache_path)
-            stages = Stages(cfg, vlm, reasoner, PromptLibrary(cfg.prompts.directory))
+            store = ResponseStore(cfg.resolved_cache_path)
+            for cl in self.clients.values():
+                cl.store = store
+            prompts = PromptLibrary(cfg.prompts.directory)
+            stages = Stages(cfg, vlm, reasoner, prompts)
+            self.gate = QualityGate(cfg, prompts, vlm, judge)
+            self.dedup = Deduplicator() if cfg.dedup.enabled else None
+            self.decontam = (Decontaminator(load_benchmark_questions(cfg.dedup.benchmark_questions),
+                                            cfg.dedup.ngram, cfg.dedup.threshold)
+                             if cfg.dedup.benchmark_questions else None)
             results = ResultTable(self.out / ".state" / "outcomes.sqlite")
             # spawn: forking a process that runs an event loop and SQLite handles is unsafe.
             pool = ProcessPoolExecutor(cfg.verify_workers, mp_context=multiprocessing.get_context("spawn"))
@@ -111,8 +125,8 @@ class Converter:
             results.close()
             return manifest
         finally:
-            await vlm.close()
-            await reasoner.close()
+            for cl in self.clients.values():
+                await cl.close()
             if store is not None:
                 store.close()
 
@@ -143,12 +157,30 @@ class Converter:
                 record(item)
                 await asyncio.sleep(0)
                 continue
+            if (early := validate_sample(item) or await self._screen(item)) is not None:
+                record(early)  # invalid rows, duplicates and contaminated rows cost no model call
+                continue
             await admission.acquire()
             task = asyncio.create_task(one(item))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         while tasks:
             await asyncio.gather(*list(tasks))
+
+    async def _screen(self, sample: Sample) -> Rejected | None:
+        """Duplicates and benchmark contamination, decided in input order (stable under resume)."""
+        def rej(reason: str, detail: str) -> Rejected:
+            return Rejected(index=sample.index, id=sample.id, source=sample.source, stage="dedup",
+                            reason=reason, detail=detail)
+
+        if self.decontam is not None and sample.question and (hit := self.decontam.check(sample.question)):
+            return rej("contaminated", hit)
+        if self.dedup is not None and sample.images and sample.question:
+            assert self.cfg.image_root is not None
+            hashes = await asyncio.to_thread(file_hashes, Path(self.cfg.image_root), sample.images)
+            if hashes is not None and (first := self.dedup.check(sample.id, hashes, sample.question)):
+                return rej("duplicate", f"same image and question as {first}")
+        return None
 
     async def _process(self, sample: Sample, stages: Stages, pool: ProcessPoolExecutor) -> Kept | Rejected:
         stage = "validate"
@@ -158,35 +190,44 @@ class Converter:
                             reason=reason, detail=detail)
 
         try:
-            if (bad := validate_sample(sample)) is not None:
-                return bad
             stage = "image"
             assert self.cfg.image_root is not None
             images = await asyncio.to_thread(load_images, Path(self.cfg.image_root), sample.images, self.cfg.images)
             stage = "model"
             outputs = await self._run_stages(sample, images, stages)
             stage = "verify"
-            r = outputs.reasoning
-            reasoning = r.reasoning if r.reasoning else r.content
-            loop = asyncio.get_running_loop()
-            verdict = await loop.run_in_executor(pool, check_output, r.content, r.reasoning, sample.answer, sample.options)
-            if not verdict.correct:
-                return rej("wrong_answer" if verdict.pred else "no_answer",
-                           f"pred={verdict.pred!r} gold={sample.answer!r} ({verdict.method})")
+            chosen, k_correct, failure = await self._choose(sample, outputs, pool)
+            if chosen is None:
+                assert failure is not None
+                return failure
+            stage = "judge"
+            verdict, judge_response = "", ""
+            if self.gate.judge_client is not None:
+                verdict, judge_response = await self.gate.judge(sample, outputs.description.content, chosen.reasoning)
+                if verdict == "invalid" and self.cfg.judge.drop_invalid:
+                    return rej("judge_invalid", judge_response.strip()[:500])
             rel = [relative_to_out(im, self.out) for im in images]
+            reasoning_usage = Usage()
+            for r in outputs.reasoning:
+                reasoning_usage.add(r.usage)
+            k = len(outputs.reasoning)
             return Kept(
                 index=sample.index, id=sample.id, source=sample.source, images=rel,
                 source_images=list(sample.images), image_sha256=[im.file_sha256 for im in images],
-                question=sample.question, answer=sample.answer, pred_answer=verdict.pred or "",
-                match=verdict.method, pseudo_cot=outputs.pseudo_cot.content,
-                description=outputs.description.content, reasoning=reasoning, final_text=r.content,
+                question=sample.question, answer=sample.answer, pred_answer=chosen.pred,
+                match=chosen.match, pseudo_cot=outputs.pseudo_cot.content,
+                description=outputs.description.content, reasoning=chosen.reasoning,
+                reasoning_original=chosen.reasoning_original, final_text=chosen.result.content,
+                k=k, k_correct=k_correct, pass_rate=k_correct / k, filter=verdict, judge_response=judge_response,
+                description_attempts=outputs.description_attempts,
                 conversations=[
                     {"from": "human", "value": human_turn(sample.question, len(images))},
-                    {"from": "gpt", "value": gpt_turn(reasoning, sample.answer)},
+                    {"from": "gpt", "value": gpt_turn(chosen.reasoning, sample.answer)},
                 ],
-                usage={s: getattr(outputs, s).usage for s in STAGES},
+                usage={"pseudo_cot": outputs.pseudo_cot.usage, "description": outputs.description.usage,
+                       "reasoning": reasoning_usage},
                 models={"vlm": self.cfg.vlm.model or "", "reasoner": self.cfg.reasoner.model or ""},
-                prompts=stages.prompt_tags,
+                prompts={**stages.prompt_tags, **self.gate.tags},
             )
         except ImageError as exc:
             return rej(exc.reason, exc.detail, "image")
@@ -195,6 +236,48 @@ class Converter:
         except Exception as exc:  # a bug or an unforeseen input must cost one row, not the run
             log.error("sample %s failed at %s:\n%s", sample.id, stage, traceback.format_exc())
             return rej("internal_error", f"{type(exc).__name__}: {exc}")
+
+    async def _choose(self, sample: Sample, outputs: StageOutputs, pool: ProcessPoolExecutor
+                      ) -> tuple[Choice | None, int, Rejected | None]:
+        """Verify every trace, filter and rewrite the correct ones, keep the shortest survivor."""
+        loop = asyncio.get_running_loop()
+        traces = [r for r in outputs.reasoning if r.finish_reason != "length"]
+        verdicts = await asyncio.gather(*(
+            loop.run_in_executor(pool, check_output, r.content, r.reasoning, sample.answer, sample.options)
+            for r in traces))
+        k_correct = sum(v.correct for v in verdicts)
+        survivors: list[Choice] = []
+        first_drop: tuple[str, Drop] | None = None
+        description = outputs.description.content
+        for i, (r, v) in enumerate(zip(traces, verdicts)):
+            if not v.correct:
+                continue
+            trace = self.gate.trace(sample, description, r, v.pred)
+            kept = self.gate.chain(trace)
+            if isinstance(kept, Drop):
+                first_drop = first_drop or ("filter", kept)
+                continue
+            rewritten = await self.gate.rewrite(sample, trace)
+            if isinstance(rewritten, Drop):
+                first_drop = first_drop or ("rewrite", rewritten)
+                continue
+            survivors.append(Choice(i, r, trace.reasoning, rewritten, v.pred or "", v.method))
+        if survivors:
+            return min(survivors, key=lambda c: (len(c.reasoning), c.index)), k_correct, None
+
+        def rej(stage: str, reason: str, detail: str) -> Rejected:
+            return Rejected(index=sample.index, id=sample.id, source=sample.source, stage=stage,
+                            reason=reason, detail=detail)
+
+        if first_drop is not None:
+            stage, drop = first_drop
+            return None, k_correct, rej(stage, drop.reason, drop.detail)
+        if not verdicts:
+            return None, 0, rej("reasoning", "truncated", "every trace hit max_tokens")
+        v = verdicts[0]
+        return None, k_correct, rej("verify", "wrong_answer" if v.pred else "no_answer",
+                                    f"pred={v.pred!r} gold={sample.answer!r} ({v.method})"
+                                    + (f"; 0 of {len(verdicts)} traces correct" if len(verdicts) > 1 else ""))
 
     async def _run_stages(self, sample: Sample, images, stages: Stages) -> StageOutputs:
         c = self.counters
@@ -231,7 +314,7 @@ class Converter:
         for k in results.iter_kept():
             for s in STAGES:
                 usage[s].add(k.usage[s])
-        usage_all: dict[str, Usage] = {s: Usage() for s in STAGES}
+        usage_all: dict[str, Usage] = {s: Usage() for s in STAGES}  # plus rewrite/judge when used
         for cl in self.clients.values():
             for s, u in cl.stats.usage_by_stage.items():
                 usage_all.setdefault(s, Usage()).add(u)
@@ -253,8 +336,12 @@ class Converter:
                        "retries": cl.stats.retries, "failed": cl.stats.failed, "usage": cl.stats.usage.model_dump()}
                 for role, cl in self.clients.items()
             },
-            "models": {"vlm": cfg.vlm.model, "reasoner": cfg.reasoner.model},
+            "filters": self.gate.stats(),
+            "answer_leak": {**stages.leak_stats.as_dict(), "regenerated": stages.leak_regenerated},
+            "models": {"vlm": cfg.vlm.model, "reasoner": cfg.reasoner.model,
+                       **({"judge": cfg.judge.model} if cfg.judge.enabled else {})},
             "prompts": {s: {"name": t.name, "sha256": t.sha256} for s, t in stages.templates.items()},
+            "quality_rules": self.gate.tags,
             "files": {"parquet": shards, "jsonl": JSONL_NAME, "rejects": "rejects.jsonl",
                       "dataset_info": "dataset_info.json"},
             "dataset_name": name,

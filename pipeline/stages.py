@@ -6,11 +6,14 @@ pseudo-CoT (VLM: image + question + GT) -> description (VLM: image + question + 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .client import ModelClient, RequestFailed
+from .filters import Drop, FilterStats
+from .filters.leaks import answer_leak
 from .config import ConvertConfig
 from .images import EncodedImage
 from .prompts import PromptLibrary, PromptTemplate
@@ -39,7 +42,8 @@ def _vlm_messages(images: list[EncodedImage], text: str) -> list[dict[str, Any]]
 class StageOutputs:
     pseudo_cot: ChatResult
     description: ChatResult
-    reasoning: ChatResult
+    reasoning: list[ChatResult]  # k traces (best-of-k); usage of the request(s) on the first
+    description_attempts: int = 1
 
 
 class Stages:
@@ -53,6 +57,10 @@ class Stages:
             "description": prompts.get(p.description),
             "reasoning": prompts.get(p.reasoning_hinted if cfg.hint_answer else p.reasoning_blind),
         }
+        if cfg.quality.answer_leak == "regenerate":
+            self.templates["description_noleak"] = prompts.get(p.description_noleak)
+        self.leak_stats = FilterStats()  # the answer-leak check on descriptions
+        self.leak_regenerated = 0
 
     @property
     def prompt_tags(self) -> dict[str, str]:
@@ -90,22 +98,57 @@ class Stages:
         except RequestFailed as exc:
             raise StageRejected(stage, exc.reason, exc.detail) from None
 
+    async def _describe(self, sample: Sample, images: list[EncodedImage], pseudo: ChatResult, t) -> tuple[ChatResult, int]:
+        """The description, checked for an announced answer; regenerated or rejected by config."""
+        description = await self._vlm(
+            "description", sample, images,
+            t["description"].render(question=sample.question, pseudo_cot=pseudo.content),
+        )
+        mode = self.cfg.quality.answer_leak
+        if mode == "off":
+            return description, 1
+        attempts = 1
+        while True:
+            self.leak_stats.seen += 1
+            leak = answer_leak(description.content, sample.answer, sample.options)
+            if not isinstance(leak, Drop):
+                self.leak_stats.passed += 1
+                return description, attempts
+            self.leak_stats.dropped += 1
+            if mode != "regenerate" or attempts > self.cfg.quality.max_leak_regenerations:
+                raise StageRejected("description", leak.reason, leak.detail)
+            self.leak_regenerated += 1
+            attempts += 1
+            previous = description
+            description = await self._vlm(
+                "description", sample, images,
+                t["description_noleak"].render(question=sample.question, pseudo_cot=pseudo.content,
+                                               previous=previous.content),
+            )
+            description.usage.add(previous.usage)
+
+    async def _reason(self, sample: Sample, prompt: str) -> list[ChatResult]:
+        k = self.cfg.samples_per_question
+        messages = [{"role": "user", "content": prompt}]  # no system prompt for R1
+        common = {"stage": "reasoning", "priority": PRIORITY["reasoning"], "order": sample.index}
+        if k == 1 or self.cfg.reasoner.use_n:
+            return await self.reasoner.chat_choices(messages, n=k, **common)
+        batches = await asyncio.gather(*(self.reasoner.chat_choices(messages, variant=i, **common) for i in range(k)))
+        return [r for batch in batches for r in batch]
+
     async def _run(self, sample, images, t, enter) -> StageOutputs:
         enter("pseudo_cot")
         pseudo = await self._vlm(
             "pseudo_cot", sample, images, t["pseudo_cot"].render(question=sample.question, answer=sample.answer)
         )
         enter("description")
-        description = await self._vlm(
-            "description", sample, images,
-            t["description"].render(question=sample.question, pseudo_cot=pseudo.content),
-        )
+        description, attempts = await self._describe(sample, images, pseudo, t)
         prompt = t["reasoning"].render(
             description=description.content, question=sample.question, answer=sample.answer
         )
         enter("reasoning")
-        reasoning = await self.reasoner.chat(
-            [{"role": "user", "content": prompt}],  # no system prompt for R1
-            stage="reasoning", priority=PRIORITY["reasoning"], order=sample.index,
-        )
-        return StageOutputs(pseudo, description, self._accept("reasoning", reasoning))
+        traces = await self._reason(sample, prompt)
+        usable = [r for r in traces if r.finish_reason != "length" and (r.content.strip() or (r.reasoning or "").strip())]
+        if not usable:
+            self._accept("reasoning", traces[0])  # raises truncated / empty_output with its detail
+        return StageOutputs(pseudo, description, traces, attempts)

@@ -28,6 +28,8 @@ _USAGE = pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int6
                     ("requests", pa.int64())])
 _STAGE_STRUCT = lambda t: pa.struct([("pseudo_cot", t), ("description", t), ("reasoning", t)])  # noqa: E731
 
+PROMPT_KEYS = ("pseudo_cot", "description", "reasoning", "description_noleak", "rewrite_rules", "rewrite_llm", "judge")
+
 PARQUET_SCHEMA = pa.schema([
     ("id", pa.string()),
     ("source", pa.string()),
@@ -42,11 +44,18 @@ PARQUET_SCHEMA = pa.schema([
     ("pseudo_cot", pa.string()),
     ("description", pa.string()),
     ("reasoning", pa.string()),
+    ("reasoning_original", pa.string()),
     ("final_text", pa.string()),
+    ("k", pa.int32()),
+    ("k_correct", pa.int32()),
+    ("pass_rate", pa.float32()),
+    ("filter", pa.string()),
+    ("judge_response", pa.string()),
+    ("description_attempts", pa.int32()),
     ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
     ("usage", _STAGE_STRUCT(_USAGE)),
     ("models", pa.struct([("vlm", pa.string()), ("reasoner", pa.string())])),
-    ("prompts", _STAGE_STRUCT(pa.string())),
+    ("prompts", pa.struct([(name, pa.string()) for name in PROMPT_KEYS])),
 ])
 
 
@@ -83,9 +92,9 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 
 def parquet_row(k: Kept) -> dict[str, Any]:
-    row = k.model_dump(exclude={"index", "final_text"})
-    row["final_text"] = k.final_text
+    row = k.model_dump(exclude={"index"})
     row["image"] = k.images[0] if k.images else ""
+    row["prompts"] = {name: k.prompts.get(name) for name in PROMPT_KEYS}
     return row
 
 

@@ -11,18 +11,21 @@ import hashlib
 import random
 import re
 
-FILLER = [
-    "Let me look at the relevant part of the image again.",
-    "The layout suggests the elements are arranged from left to right.",
-    "I should make sure I am counting each item exactly once.",
-    "Hmm, the colours of the shapes could matter here.",
-    "Wait, let me re-check the numbers before going further.",
-    "Alternatively, I can reason about it from the other side.",
-    "So far the observations are consistent with each other.",
-    "Let me verify this step carefully.",
-    "The text in the picture is clear enough to read.",
-    "Checking the edges of the picture shows nothing else of interest.",
-]
+# Sentences are composed from parts so long traces are not n-gram loops (which the filters reject).
+_OPENERS = ["Let me look at", "Now consider", "I should check", "Next, focus on", "Hmm, what about",
+            "Wait, let me re-examine", "Alternatively, think about", "To be careful, verify", "Looking again at",
+            "It helps to compare", "Then I count", "So far I have covered"]
+_OBJECTS = ["the upper left corner", "the shapes near the centre", "the label under the figure", "the second row",
+            "the outline of each object", "the colour of the largest region", "the edge of the drawing",
+            "the spacing between items", "the text printed at the top", "the lower right area",
+            "the relative sizes", "the boundary lines", "the background", "the brightest element"]
+_THOUGHTS = ["and it matches what I expected", "which rules out one possibility", "and nothing there is ambiguous",
+             "because it could change the count", "so the earlier step still holds", "to avoid a careless slip",
+             "and the numbers stay consistent", "which supports the current reading", "before moving on",
+             "since small details matter here", "and that settles this part", "while keeping the question in mind"]
+_REFERENCES = ["According to the description, the drawing is simple and clean.",
+               "The description says the figure has a plain white background.",
+               "As described, every object is clearly separated from the others."]
 _CONCLUSION = re.compile(r"CONCLUSION:\s*(.+)")
 _DECISIVE = re.compile(r"the decisive detail for the question is (.+?)\.(?:\s|$)")
 _CORRECT = re.compile(r"Correct answer:\s*(.+)")
@@ -37,14 +40,17 @@ def sample_length(rng: random.Random, mu: float, sigma: float, lo: int, hi: int)
     return int(min(hi, max(lo, rng.lognormvariate(mu, sigma))))
 
 
-def filler_words(rng: random.Random, n_words: int) -> str:
-    words: list[str] = []
-    lines: list[str] = []
-    while len(words) < n_words:
-        sentence = rng.choice(FILLER)
-        words.extend(sentence.split())
-        lines.append(sentence)
-    return " ".join(lines)
+def filler_words(rng: random.Random, n_words: int, references: bool = False) -> str:
+    words = 0
+    sentences: list[str] = []
+    while words < n_words:
+        if references and rng.random() < 0.04:
+            sentence = rng.choice(_REFERENCES)  # what real R1 traces do: talk about "the description"
+        else:
+            sentence = f"{rng.choice(_OPENERS)} {rng.choice(_OBJECTS)}, {rng.choice(_THOUGHTS)} (step {len(sentences) + 1})."
+        words += len(sentence.split())
+        sentences.append(sentence)
+    return " ".join(sentences)
 
 
 def wrong_answer(answer: str, prompt: str) -> str:
@@ -91,7 +97,7 @@ def reasoning(prompt: str, n_words: int, rng: random.Random, wrong_rate: float, 
     question = q.group(1) if q else prompt[-200:]
     if rng_for("wrong", question).random() < wrong_rate:
         answer = wrong_answer(answer, prompt)
-    think = (f"Okay, let me work through this. {filler_words(rng, n_words)}\n"
+    think = (f"Okay, let me work through this. {filler_words(rng, n_words, references=True)}\n"
              f"Wait, putting it together, the answer should be {answer}.")
     shape = ANSWER_SHAPES[rng_for("shape", key).randrange(len(ANSWER_SHAPES))]
     return think, final_line(shape, answer)

@@ -1,0 +1,157 @@
+"""The rule filters: format, degenerate output, length, language, consistency, hint leak."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from ..verify.compare import judge
+from ..verify.extract import extract_final_answer
+from . import KEEP, Drop, Filter, FilterResult, Trace
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]{2,}")
+
+
+class FormatFilter(Filter):
+    """Exactly one well-formed reasoning block, and a final answer outside it."""
+
+    name = "format"
+
+    def filter(self, t: Trace) -> FilterResult:
+        if not t.reasoning.strip():
+            return Drop("bad_format", "no reasoning block")
+        for tag in ("<think>", "</think>"):
+            if tag in t.reasoning or tag in t.final_text:
+                return Drop("bad_format", f"stray {tag} tag: more than one reasoning block or a broken one")
+        if t.pred is None or not t.final_text.strip():
+            return Drop("bad_format", "no final answer after the reasoning")
+        return KEEP
+
+
+class DegenerateFilter(Filter):
+    """Near-empty reasoning, a line repeated over and over, or an n-gram loop."""
+
+    name = "degenerate"
+
+    def __init__(self, min_words: int = 20, max_line_repeats: int = 3, ngram: int = 8,
+                 min_distinct_ngram_ratio: float = 0.6) -> None:
+        super().__init__()
+        self.min_words, self.max_line_repeats = min_words, max_line_repeats
+        self.ngram, self.min_ratio = ngram, min_distinct_ngram_ratio
+
+    def filter(self, t: Trace) -> FilterResult:
+        words = _WORD.findall(t.reasoning.lower())
+        if len(words) < self.min_words:
+            return Drop("degenerate", f"near-empty reasoning: {len(words)} words < {self.min_words}")
+        lines = Counter(l.strip() for l in t.reasoning.splitlines() if len(l.strip()) >= 20)
+        if lines:
+            line, n = lines.most_common(1)[0]
+            if n > self.max_line_repeats:
+                return Drop("degenerate", f"line repeated {n} times: {line[:80]!r}")
+        grams = [tuple(words[i:i + self.ngram]) for i in range(len(words) - self.ngram + 1)]
+        if len(grams) >= 4 * self.ngram:
+            ratio = len(set(grams)) / len(grams)
+            if ratio < self.min_ratio:
+                return Drop("degenerate", f"{self.ngram}-gram loop: distinct ratio {ratio:.2f} < {self.min_ratio}")
+        return KEEP
+
+
+class LengthFilter(Filter):
+    name = "length"
+
+    def __init__(self, min_tokens: int = 0, max_tokens: int | None = None) -> None:
+        super().__init__()
+        self.min_tokens, self.max_tokens = min_tokens, max_tokens
+
+    def filter(self, t: Trace) -> FilterResult:
+        if t.tokens < self.min_tokens:
+            return Drop("too_short", f"{t.tokens} reasoning tokens < {self.min_tokens}")
+        if self.max_tokens is not None and t.tokens > self.max_tokens:
+            return Drop("too_long", f"{t.tokens} reasoning tokens > {self.max_tokens}")
+        return KEEP
+
+
+class LanguageFilter(Filter):
+    """The reasoning stays in the configured language (R1 drifts into Chinese mid-trace)."""
+
+    name = "language"
+
+    def __init__(self, language: str = "en", min_cjk_ratio: float = 0.3) -> None:
+        super().__init__()
+        self.language, self.min_cjk_ratio = language, min_cjk_ratio
+
+    def filter(self, t: Trace) -> FilterResult:
+        if self.language == "en":
+            allowed = set(_CJK.findall(t.question + "\n" + t.description))  # quoted text from the image is fine
+            foreign = [run for run in _CJK.findall(t.reasoning) if not any(run in a or a in run for a in allowed)]
+            if foreign:
+                return Drop("language_mix", f"CJK text in an English trace: {foreign[0][:20]!r} ({len(foreign)} runs)")
+        elif self.language == "zh":
+            letters = [c for c in t.reasoning if c.isalpha()]
+            cjk = sum(1 for c in letters if "\u4e00" <= c <= "\u9fff")
+            if letters and cjk / len(letters) < self.min_cjk_ratio:
+                return Drop("language_mix", f"CJK share {cjk / len(letters):.2f} < {self.min_cjk_ratio}")
+        return KEEP
+
+
+_CONCLUDES = re.compile(
+    r"(?:the\s+(?:final\s+|correct\s+)?answer\s+(?:is|should\s+be|would\s+be|must\s+be)|"
+    r"so\s+the\s+(?:correct\s+)?(?:option|choice)\s+is|I\s+(?:will\s+)?(?:choose|pick|go\s+with))\s*[:：]?\s*"
+    r"(?:option\s+)?\**\(?([^\n]+)",
+    re.IGNORECASE,
+)
+
+
+class ConsistencyFilter(Filter):
+    """What the reasoning concludes at its end agrees with the answer it outputs."""
+
+    name = "consistency"
+
+    def __init__(self, tail_chars: int = 1500) -> None:
+        super().__init__()
+        self.tail_chars = tail_chars
+
+    def stated_conclusion(self, reasoning: str) -> str | None:
+        tail = reasoning[-self.tail_chars:]
+        boxed_or_tagged = extract_final_answer(tail)
+        matches = list(_CONCLUDES.finditer(tail))
+        if matches:
+            # Whichever comes last in the text is the conclusion the model settled on.
+            last = matches[-1]
+            phrase = extract_final_answer("The answer is " + last.group(1)) or last.group(1)
+            if boxed_or_tagged is not None and tail.rfind(boxed_or_tagged) > last.start():
+                return boxed_or_tagged
+            return phrase
+        return boxed_or_tagged
+
+    def filter(self, t: Trace) -> FilterResult:
+        if t.pred is None:
+            return KEEP  # nothing to compare; the format filter owns missing answers
+        stated = self.stated_conclusion(t.reasoning)
+        if stated is None:
+            return KEEP
+        stated = re.sub(r"[\)\*\.,;:]+$", "", stated.strip()).strip()
+        if judge(stated, t.pred, t.options).correct or judge(t.pred, stated, t.options).correct:
+            return KEEP
+        return Drop("inconsistent", f"reasoning concludes {stated[:60]!r} but outputs {t.pred[:60]!r}")
+
+
+_HINT = re.compile(
+    r"\b(?:reference\s+answer|(?:given|provided|expected|supplied)\s+(?:correct\s+)?answer|"
+    r"answer\s+(?:was|is)\s+(?:given|provided|supplied)|(?:the|a)\s+hint|I\s+was\s+told|"
+    r"(?:we|I)\s+(?:are|am)\s+told\s+(?:that\s+)?the\s+answer|the\s+answer\s+key)\b",
+    re.IGNORECASE,
+)
+
+
+class HintLeakFilter(Filter):
+    """Hinted mode: the reasoning must not reveal that it was handed the answer."""
+
+    name = "hint_leak"
+
+    def filter(self, t: Trace) -> FilterResult:
+        m = _HINT.search(t.reasoning) or _HINT.search(t.final_text)
+        if m:
+            return Drop("hint_leak", f"mentions being given the answer: {m.group(0)!r}")
+        return KEEP
