@@ -98,7 +98,7 @@ class LanguageFilter(Filter):
 _CONCLUDES = re.compile(
     r"(?:the\s+(?:final\s+|correct\s+)?answer\s+(?:is|should\s+be|would\s+be|must\s+be)|"
     r"so\s+the\s+(?:correct\s+)?(?:option|choice)\s+is|I\s+(?:will\s+)?(?:choose|pick|go\s+with))\s*[:：]?\s*"
-    r"(?:option\s+)?\**\(?([^\n]+)",
+    r"(?:option\s+)?\**\(?([^\n]+?)(?=[.!?;](?:\s|$)|\n|$)",
     re.IGNORECASE,
 )
 
@@ -139,7 +139,7 @@ class ConsistencyFilter(Filter):
 
 _HINT = re.compile(
     r"\b(?:reference\s+answer|(?:given|provided|expected|supplied)\s+(?:correct\s+)?answer|"
-    r"answer\s+(?:was|is)\s+(?:given|provided|supplied)|(?:the|a)\s+hint|I\s+was\s+told|"
+    r"answer\s+(?:was|is)\s+(?:given|provided|supplied)|the\s+answer\s+provided|(?:the|a)\s+hint|I\s+was\s+told|"
     r"(?:we|I)\s+(?:are|am)\s+told\s+(?:that\s+)?the\s+answer|the\s+answer\s+key)\b",
     re.IGNORECASE,
 )

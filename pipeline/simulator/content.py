@@ -69,12 +69,33 @@ def pseudo_cot(prompt: str, n_words: int, rng: random.Random) -> str:
             f"REASONING: {filler_words(rng, n_words // 2)}\nCONCLUSION: {answer}")
 
 
-def description(prompt: str, n_words: int, rng: random.Random) -> str:
+def description(prompt: str, n_words: int, rng: random.Random, leak_rate: float = 0.0) -> str:
     m = _CONCLUSION.search(prompt)
     fact = m.group(1).strip().split(",")[0].strip() if m else "not visible"
+    q = re.search(r"question:(.+?) and a thinking process", prompt, re.DOTALL)
+    retry = "gave the answer away" in prompt
+    leak = (not retry and rng_for("leak", q.group(1) if q else prompt).random() < leak_rate)
     return (f"The image shows a simple synthetic scene. {filler_words(rng, n_words)} "
             f"Looking closely, the decisive detail for the question is {fact}. "
-            "Nothing else in the image is relevant.")
+            + (f"So the correct answer is {fact}. " if leak else "")
+            + "Nothing else in the image is relevant.")
+
+
+def judge(prompt: str, invalid_rate: float) -> str:
+    q = re.search(r"Question:\s*(.+)", prompt)
+    invalid = rng_for("judge", q.group(1) if q else prompt).random() < invalid_rate
+    if invalid:
+        return "VERDICT: INVALID\nStep 3 uses a detail the description does not support."
+    return "VERDICT: VALID\nEvery step is supported by the description and ends at the reference answer."
+
+
+def llm_rewrite(prompt: str) -> str:
+    m = re.search(r"<reasoning>\s*(.*?)\s*</reasoning>", prompt, re.DOTALL)
+    text = m.group(1) if m else ""
+    for a, b in (("According to the description,", "Looking at the image,"),
+                 ("The description says", "The image shows"), ("As described,", "As shown,")):
+        text = text.replace(a, b)
+    return f"<reasoning>\n{text}\n</reasoning>"
 
 
 ANSWER_SHAPES = ("boxed", "the_answer_is", "final_answer", "answer_tag", "bold")
@@ -95,7 +116,7 @@ def reasoning(prompt: str, n_words: int, rng: random.Random, wrong_rate: float, 
     answer = m.group(1).strip() if m else "unknown"
     q = re.search(r"Question:\s*(.+)", prompt)
     question = q.group(1) if q else prompt[-200:]
-    if rng_for("wrong", question).random() < wrong_rate:
+    if rng_for("wrong", question, key).random() < wrong_rate:  # per trace: best-of-k sees mixed results
         answer = wrong_answer(answer, prompt)
     think = (f"Okay, let me work through this. {filler_words(rng, n_words, references=True)}\n"
              f"Wait, putting it together, the answer should be {answer}.")

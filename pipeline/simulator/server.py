@@ -36,6 +36,8 @@ class SimConfig(BaseModel):
     retry_after_s: float = 0.05
     max_faults_per_key: int = 3  # faults injected per distinct request, so retries eventually succeed
     wrong_rate: float = 0.0  # share of questions the simulated reasoner answers wrongly
+    leak_rate: float = 0.0  # share of descriptions that announce the answer (until asked not to)
+    judge_invalid_rate: float = 0.0  # share of traces the simulated judge calls INVALID
     reasoning_mode: Literal["field", "inline"] = "field"
     fault_seed: int = 0
     keep_prompts: int = 2000
@@ -43,7 +45,8 @@ class SimConfig(BaseModel):
     def default_mu(self, kind: str) -> float:
         if self.length_mu is not None:
             return self.length_mu
-        return {"pseudo_cot": math.log(120), "description": math.log(200), "reasoning": math.log(600)}[kind]
+        return {"pseudo_cot": math.log(120), "description": math.log(200), "reasoning": math.log(600),
+                "judge": math.log(60), "rewrite": math.log(600)}[kind]
 
 
 def _texts_and_images(messages: list[dict[str, Any]]) -> tuple[str, int]:
@@ -202,7 +205,12 @@ class SimServer:
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1 << 30)
         n = int(body.get("n") or 1)
         if cfg.role == "vlm":
-            kind = "pseudo_cot" if "Correct answer:" in text else "description"
+            if "VERDICT:" in text:
+                kind = "judge"
+            elif "<reasoning>" in text:
+                kind = "rewrite"
+            else:
+                kind = "pseudo_cot" if "Correct answer:" in text else "description"
         else:
             kind = "reasoning"
         choices, total_tokens = [], 0
@@ -213,7 +221,11 @@ class SimServer:
             if kind == "pseudo_cot":
                 out = content.pseudo_cot(text, want, rng)
             elif kind == "description":
-                out = content.description(text, want, rng)
+                out = content.description(text, want, rng, cfg.leak_rate)
+            elif kind == "judge":
+                out = content.judge(text, cfg.judge_invalid_rate)
+            elif kind == "rewrite":
+                out = content.llm_rewrite(text)
             else:
                 think, final = content.reasoning(text, want, rng, cfg.wrong_rate, f"{key}:{i}")
                 reasoning_text, out = think, final
