@@ -9,12 +9,19 @@ $(BIN)/coldstart: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test
+.PHONY: install demo test system-deps
 install: $(BIN)/coldstart
+
+# Debian's Chromium, for the test that renders the HTML report headless.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium) >/dev/null; } || \
+	  echo "warning: chromium could not be installed; the report's browser test will fail under CI"
 
 demo: install
 	$(BIN)/coldstart demo
 
 # pytest exits 5 when it collected nothing; that must fail the build, and it does (non-zero).
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest -q

@@ -115,6 +115,23 @@ def demo(
 
 
 @app.command()
+def report(
+    out_dir: Path = typer.Argument(..., help="An output folder of `coldstart convert`."),
+    samples: int = typer.Option(50, "--samples", help="Records shown on the HTML page."),
+) -> None:
+    """Dataset report: funnel, lengths, pass@k, per source, reflection words; PNG plots and HTML."""
+    from .report import build_report
+    from .report.render import print_terminal, write_report
+
+    if not (out_dir / "manifest.json").is_file():
+        _fail(f"{out_dir} has no manifest.json: not a coldstart output folder")
+    rep = build_report(out_dir, max_samples=samples)
+    print_terminal(rep)
+    page = write_report(rep)
+    err.print(f"report written to {page.parent} (open {page})")
+
+
+@app.command()
 def simulate(
     role: str = typer.Option("reasoner", "--role", help="vlm | reasoner"),
     model: list[str] = typer.Option(["sim-model"], "--model"),
