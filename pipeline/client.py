@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import logging
+
 import httpx2
 import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -28,6 +30,7 @@ from .config import EndpointConfig
 from .records import ChatResult, Usage
 from .store import ResponseStore, canonical_messages, request_key
 
+log = logging.getLogger("coldstart.client")
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.DOTALL)
 
 
@@ -139,6 +142,24 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 @dataclass
+class Replica:
+    """One server of a role. Requests go to the healthy replica with the fewest outstanding;
+    a replica failing `failures_before_cooldown` times in a row sits out `cooldown_s`."""
+
+    url: str
+    api: openai.AsyncOpenAI
+    outstanding: int = 0
+    consecutive_failures: int = 0
+    cooldown_until: float = 0.0
+    sent: int = 0
+    failures: int = 0
+    cooldowns: int = 0
+
+    def healthy(self, now: float) -> bool:
+        return self.cooldown_until <= now
+
+
+@dataclass
 class EndpointStats:
     in_flight: int = 0
     sent: int = 0
@@ -151,16 +172,20 @@ class EndpointStats:
 
 class ModelClient:
     def __init__(self, cfg: EndpointConfig, role: str, store: ResponseStore | None = None):
-        assert cfg.url and cfg.model
+        assert cfg.endpoints and cfg.model
         self.cfg = cfg
         self.role = role
         self.model = cfg.model
         self.store = store  # set before the first chat(); check() needs none
-        self.slots = PrioritySlots(cfg.max_concurrency)
+        self.replicas = [Replica(url, self._api(url)) for url in cfg.endpoints]
+        self.slots = PrioritySlots(cfg.max_concurrency * len(self.replicas))
         self.stats = EndpointStats()
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._openai = openai.AsyncOpenAI(
-            base_url=cfg.url,
+
+    def _api(self, url: str) -> openai.AsyncOpenAI:
+        cfg = self.cfg
+        return openai.AsyncOpenAI(
+            base_url=url,
             # Keys come from the environment only; local vLLM accepts any token.
             api_key=os.environ.get(cfg.api_key_env) or "EMPTY",
             max_retries=0,  # tenacity owns retries, so backoff and slot release are ours
@@ -172,6 +197,26 @@ class ModelClient:
             ),
         )
 
+    async def _pick(self) -> Replica:
+        """The healthy replica with the fewest outstanding requests; waits out a full cool-down."""
+        while True:
+            now = time.monotonic()
+            healthy = [r for r in self.replicas if r.healthy(now)]
+            if healthy:
+                return min(healthy, key=lambda r: (r.outstanding, r.sent))
+            await asyncio.sleep(max(0.01, min(r.cooldown_until for r in self.replicas) - now))
+
+    def _failed(self, replica: Replica) -> None:
+        replica.failures += 1
+        replica.consecutive_failures += 1
+        # Benching the only replica helps nobody: backoff alone paces retries there.
+        if len(self.replicas) > 1 and replica.consecutive_failures >= self.cfg.failures_before_cooldown:
+            replica.cooldown_until = time.monotonic() + self.cfg.cooldown_s
+            replica.consecutive_failures = 0
+            replica.cooldowns += 1
+            log.warning("%s replica %s failed %d times in a row: cooling down %.0fs", self.role, replica.url,
+                        self.cfg.failures_before_cooldown, self.cfg.cooldown_s)
+
     def sampling_params(self) -> dict[str, Any]:
         s = self.cfg.sampling
         params: dict[str, Any] = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
@@ -180,21 +225,31 @@ class ModelClient:
         return params
 
     async def check(self) -> None:
-        """Fail fast: the endpoint answers /v1/models and serves the configured model."""
-        try:
-            models = await self._openai.models.list(timeout=15)
-        except openai.APIStatusError as exc:
-            raise EndpointCheckFailed(
-                f"{self.role} endpoint {self.cfg.url} answered HTTP {exc.status_code} on /models"
-                + (" (check the API key variable " + self.cfg.api_key_env + ")" if exc.status_code in (401, 403) else "")
-            ) from None
-        except openai.APIError as exc:
-            raise EndpointCheckFailed(f"{self.role} endpoint {self.cfg.url} is unreachable: {exc}") from None
-        ids = [m.id for m in models.data]
-        if self.model not in ids:
-            raise EndpointCheckFailed(
-                f"{self.role} endpoint {self.cfg.url} does not serve model {self.model!r}; it serves: {', '.join(ids) or '(none)'}"
-            )
+        """Fail fast: every replica answers /v1/models and serves the configured model. With several
+        replicas, unreachable ones start in cool-down as long as one is up."""
+        unreachable: list[str] = []
+        for replica in self.replicas:
+            try:
+                models = await replica.api.models.list(timeout=15)
+            except openai.APIStatusError as exc:
+                raise EndpointCheckFailed(
+                    f"{self.role} endpoint {replica.url} answered HTTP {exc.status_code} on /models"
+                    + (" (check the API key variable " + self.cfg.api_key_env + ")" if exc.status_code in (401, 403) else "")
+                ) from None
+            except openai.APIError as exc:
+                unreachable.append(f"{self.role} endpoint {replica.url} is unreachable: {exc}")
+                replica.cooldown_until = time.monotonic() + self.cfg.cooldown_s
+                continue
+            ids = [m.id for m in models.data]
+            if self.model not in ids:
+                raise EndpointCheckFailed(
+                    f"{self.role} endpoint {replica.url} does not serve model {self.model!r}; "
+                    f"it serves: {', '.join(ids) or '(none)'}"
+                )
+        if len(unreachable) == len(self.replicas):
+            raise EndpointCheckFailed("; ".join(unreachable))
+        for message in unreachable:
+            log.warning("%s (cooling down; the other replicas carry the load)", message)
 
     async def chat(
         self, messages: list[dict[str, Any]], *, stage: str, priority: int, order: int,
@@ -255,16 +310,25 @@ class ModelClient:
                     if attempt.retry_state.attempt_number > 1:
                         self.stats.retries += 1
                     await self.slots.acquire(priority, order)
+                    replica = await self._pick()
                     self.stats.in_flight += 1
+                    replica.outstanding += 1
                     try:
-                        completion = await self._openai.chat.completions.create(
+                        completion = await replica.api.chat.completions.create(
                             model=self.model, messages=messages, **params,
                             extra_headers={"X-Coldstart-Request-Key": key, "X-Coldstart-Stage": stage,
                                        "X-Coldstart-Sample": str(order)},
                         )
+                    except BaseException as exc:
+                        if is_retryable(exc):
+                            self._failed(replica)
+                        raise
                     finally:
                         self.stats.in_flight -= 1
+                        replica.outstanding -= 1
                         self.slots.release()
+                    replica.consecutive_failures = 0
+                    replica.sent += 1
                     self.stats.sent += 1
                     return completion.model_dump(mode="json", exclude_unset=False)
         except openai.APIStatusError as exc:
@@ -284,5 +348,10 @@ class ModelClient:
         asked = retry_after_seconds(exc) if exc else None
         return min(self.cfg.max_backoff_s, max(backoff, asked)) if asked is not None else backoff
 
+    def replica_stats(self) -> list[dict[str, Any]]:
+        return [{"url": r.url, "sent": r.sent, "failures": r.failures, "cooldowns": r.cooldowns}
+                for r in self.replicas]
+
     async def close(self) -> None:
-        await self._openai.close()
+        for replica in self.replicas:
+            await replica.api.close()

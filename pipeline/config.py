@@ -28,13 +28,20 @@ class SamplingConfig(_Strict):
 
 class EndpointConfig(_Strict):
     url: str | None = None  # OpenAI-compatible base URL, e.g. http://host:8000/v1
+    urls: list[str] = Field(default_factory=list)  # several replicas of the same model (overrides url)
     model: str | None = None
     api_key_env: str = "COLDSTART_VLM_API_KEY"
-    max_concurrency: int = Field(64, ge=1)  # requests in flight to this endpoint
+    max_concurrency: int = Field(64, ge=1)  # requests in flight to each replica (its --max-num-seqs)
+    failures_before_cooldown: int = Field(3, ge=1)  # consecutive failures that bench a replica
+    cooldown_s: float = Field(30.0, ge=0)
     timeout_s: float = Field(900.0, gt=0)  # one request, including a long R1 generation
     max_attempts: int = Field(8, ge=1)  # tries per request before the row is rejected
     max_backoff_s: float = Field(60.0, gt=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self.urls) if self.urls else ([self.url] if self.url else [])
 
 
 # Role-specific classes, so a partial section in YAML or flags keeps its role's defaults.
@@ -170,15 +177,15 @@ class ConvertConfig(_Strict):
             for name, value in [
                 ("--input", self.input),
                 ("--image-root", self.image_root),
-                ("--vlm-url", self.vlm.url),
+                ("--vlm-url", self.vlm.endpoints),
                 ("--vlm-model", self.vlm.model),
-                ("--reasoner-url", self.reasoner.url),
+                ("--reasoner-url", self.reasoner.endpoints),
                 ("--reasoner-model", self.reasoner.model),
             ]
-            if value in (None, "")
+            if value in (None, "", [])
         ]
         if self.judge.enabled:
-            missing += [f for f, v in (("judge.url", self.judge.url), ("judge.model", self.judge.model)) if not v]
+            missing += [f for f, v in (("judge.url", self.judge.endpoints), ("judge.model", self.judge.model)) if not v]
         if missing:
             raise ValueError("missing required settings (flag or config file): " + ", ".join(missing))
 

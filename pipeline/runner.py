@@ -332,8 +332,9 @@ class Converter:
             "usage_by_stage": {s: u.model_dump() for s, u in usage_all.items()},
             "usage_kept_by_stage": {s: u.model_dump() for s, u in usage.items()},
             "endpoints": {
-                role: {"model": cl.model, "url": cl.cfg.url, "sent": cl.stats.sent, "cached": cl.stats.cached,
-                       "retries": cl.stats.retries, "failed": cl.stats.failed, "usage": cl.stats.usage.model_dump()}
+                role: {"model": cl.model, "urls": cl.cfg.endpoints, "sent": cl.stats.sent, "cached": cl.stats.cached,
+                       "retries": cl.stats.retries, "failed": cl.stats.failed, "usage": cl.stats.usage.model_dump(),
+                       "replicas": cl.replica_stats()}
                 for role, cl in self.clients.items()
             },
             "filters": self.gate.stats(),
