@@ -132,6 +132,38 @@ def report(
 
 
 @app.command()
+def vllm(
+    config: Path = typer.Option(..., "--config", help="Build YAML (servers: and convert: sections)."),
+    run: bool = typer.Option(False, "--run", help="Start the servers here (needs vllm installed)."),
+    wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for every endpoint's /health."),
+) -> None:
+    """Print (or run) the `vllm serve` command lines for a build, and wait for /health."""
+    import shlex
+    import subprocess
+
+    from .build_config import load_build_config
+    from .vllm_helper import serve_commands, wait_for_health
+
+    try:
+        build = load_build_config(config)
+        commands = serve_commands(build)
+    except (ValidationError, ValueError, OSError) as exc:
+        _fail(f"invalid build config: {exc}")
+    for role, line in commands.items():
+        print(f"# {role}\n{line}")
+    if run:
+        for line in commands.values():
+            subprocess.Popen(shlex.split(line))
+    if wait:
+        urls = build.convert.vlm.endpoints + build.convert.reasoner.endpoints
+        try:
+            wait_for_health(urls, wait)
+        except TimeoutError as exc:
+            _fail(str(exc))
+        err.print("all endpoints healthy")
+
+
+@app.command()
 def simulate(
     role: str = typer.Option("reasoner", "--role", help="vlm | reasoner"),
     model: list[str] = typer.Option(["sim-model"], "--model"),

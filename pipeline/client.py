@@ -198,13 +198,18 @@ class ModelClient:
         )
 
     async def _pick(self) -> Replica:
-        """The healthy replica with the fewest outstanding requests; waits out a full cool-down."""
+        """The healthy replica with the fewest outstanding requests, never past its own
+        max_concurrency; waits while every healthy replica is full or all are cooling down."""
         while True:
             now = time.monotonic()
             healthy = [r for r in self.replicas if r.healthy(now)]
-            if healthy:
-                return min(healthy, key=lambda r: (r.outstanding, r.sent))
-            await asyncio.sleep(max(0.01, min(r.cooldown_until for r in self.replicas) - now))
+            free = [r for r in healthy if r.outstanding < self.cfg.max_concurrency]
+            if free:
+                return min(free, key=lambda r: (r.outstanding, r.sent))
+            if healthy:  # benched replicas' share of the slots: wait for a healthy one to free up
+                await asyncio.sleep(0.01)
+            else:
+                await asyncio.sleep(max(0.01, min(r.cooldown_until for r in self.replicas) - now))
 
     def _failed(self, replica: Replica) -> None:
         replica.failures += 1

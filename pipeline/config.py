@@ -143,6 +143,11 @@ class ConvertConfig(_Strict):
     source_name: str | None = None  # defaults to the input file's stem
     limit: int | None = Field(None, ge=0)
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    # A slice of the input stream (a build shard): items with row_start <= index < row_stop.
+    row_start: int = Field(0, ge=0)
+    row_stop: int | None = Field(None, ge=0)
+    # Deterministic subsample: an item is used when a hash of (source, id) falls below this.
+    sample_fraction: float = Field(1.0, gt=0, le=1)
 
     vlm: VlmEndpointConfig = Field(default_factory=VlmEndpointConfig)
     reasoner: ReasonerEndpointConfig = Field(default_factory=ReasonerEndpointConfig)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .build_config import BuildConfig
 from .config import ConvertConfig
 from .records import Kept, Rejected
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMAS = {
     "convert_config.schema.json": ConvertConfig,
+    "build_config.schema.json": BuildConfig,
     "kept_record.schema.json": Kept,
     "rejected_record.schema.json": Rejected,
 }

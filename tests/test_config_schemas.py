@@ -33,3 +33,12 @@ def test_unknown_keys_are_errors(tmp_path):
 def test_missing_run_fields_are_named():
     with pytest.raises(ValueError, match="--input, --image-root, --vlm-url"):
         load_config(None, {}).require_run_fields()
+
+
+def test_example_build_config_validates():
+    from pipeline.build_config import load_build_config
+
+    build = load_build_config(SCHEMA_DIR / "build.example.yaml")
+    assert [d.name for d in build.datasets] == ["llava_cot", "mulberry", "mine"]
+    assert build.convert.reasoner.endpoints == ["http://r1-0:8001/v1", "http://r1-1:8001/v1", "http://r1-2:8001/v1"]
+    assert build.build_dir == Path("outputs/builds/vision-r1-cold")

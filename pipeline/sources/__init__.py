@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,16 @@ READERS = {
 }
 
 
-def open_source(cfg: ConvertConfig) -> Iterator[Sample | Rejected]:
-    """The configured reader, with stable indices and --limit applied (counted in emitted items)."""
+def selected(source: str, item_id: str, fraction: float) -> bool:
+    """Stable subsampling: the same rows are chosen on every run and every machine."""
+    if fraction >= 1.0:
+        return True
+    digest = hashlib.sha256(f"{source}\x1f{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def iter_items(cfg: ConvertConfig) -> Iterator[Sample | Rejected]:
+    """Every item of the input with its stream index, before slicing and sampling."""
     assert cfg.input is not None
     path = Path(cfg.input)
     source = cfg.source_name or path.stem
@@ -29,6 +38,20 @@ def open_source(cfg: ConvertConfig) -> Iterator[Sample | Rejected]:
     else:
         items = READERS[cfg.source_format](path, source)
     for index, item in enumerate(items):
-        if cfg.limit is not None and index >= cfg.limit:
-            break
         yield item.model_copy(update={"index": index})
+
+
+def open_source(cfg: ConvertConfig) -> Iterator[Sample | Rejected]:
+    """The configured reader: stable indices, the row slice, sampling, then --limit (in items used)."""
+    used = 0
+    for item in iter_items(cfg):
+        if item.index < cfg.row_start:
+            continue
+        if cfg.row_stop is not None and item.index >= cfg.row_stop:
+            break
+        if not selected(item.source, item.id, cfg.sample_fraction):
+            continue
+        if cfg.limit is not None and used >= cfg.limit:
+            break
+        used += 1
+        yield item

@@ -1,0 +1,64 @@
+"""`vllm serve` command lines for a build's servers, and waiting for their /health."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+import urllib.error
+import urllib.request
+
+from .build_config import BuildConfig, ServerSpec
+from .config import EndpointConfig
+
+
+def serve_command(spec: ServerSpec, endpoint: EndpointConfig, role: str) -> list[str]:
+    model = spec.model_path or endpoint.model
+    if not model:
+        raise ValueError(f"{role}: no model (set convert.{role}.model or servers.{role}.model_path)")
+    cmd = ["vllm", "serve", model,
+           "--served-model-name", endpoint.model or model,
+           "--port", str(spec.port),
+           "--tensor-parallel-size", str(spec.tensor_parallel_size),
+           "--max-model-len", str(spec.max_model_len),
+           "--gpu-memory-utilization", str(spec.gpu_memory_utilization),
+           # Match the client's per-replica concurrency so requests queue in our priority order.
+           "--max-num-seqs", str(endpoint.max_concurrency),
+           "--enable-prefix-caching",
+           "--limit-mm-per-prompt", json.dumps({"image": spec.images_per_prompt})]
+    if role == "reasoner":
+        cmd += ["--reasoning-parser", "deepseek_r1"]  # reasoning arrives as reasoning_content
+    return cmd + list(spec.extra_args)
+
+
+def serve_commands(build: BuildConfig) -> dict[str, str]:
+    c = build.convert
+    return {role: shlex.join(serve_command(getattr(build.servers, role), getattr(c, role), role))
+            for role in ("vlm", "reasoner")}
+
+
+def health_url(base_url: str) -> str:
+    # vLLM serves /health at the root, beside /v1.
+    root = base_url.rstrip("/")
+    root = root[: -len("/v1")] if root.endswith("/v1") else root
+    return root + "/health"
+
+
+def wait_for_health(urls: list[str], timeout_s: float, interval_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(dict.fromkeys(urls))
+    while pending:
+        still = []
+        for url in pending:
+            try:
+                with urllib.request.urlopen(health_url(url), timeout=5) as resp:
+                    if resp.status != 200:
+                        still.append(url)
+            except (urllib.error.URLError, OSError):
+                still.append(url)
+        pending = still
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no /health after {timeout_s:.0f}s: {', '.join(pending)}")
+        time.sleep(interval_s)
