@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 $(BIN)/coldstart: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# The CPU build first: otherwise the SFT extra pulls torch with several GB of CUDA packages.
+	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 

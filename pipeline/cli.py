@@ -132,6 +132,81 @@ def report(
 
 
 @app.command()
+def sft(
+    data: list[Path] = typer.Option(None, "--data", help="coldstart output folder(s) to train on."),
+    config: Optional[Path] = typer.Option(None, "--config", help="SFT YAML (pipeline/sft/config.py fields)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder or hub id."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA or a full fine-tune."),
+) -> None:
+    """Supervised fine-tuning on kept records with TRL (defaults: the Vision-R1 cold-start recipe)."""
+    from .sft.config import load_sft_config
+    from .sft.train import train
+
+    try:
+        cfg = load_sft_config(config, {"data": data or None, "model": model, "output_dir": output_dir,
+                                       "max_steps": max_steps, "use_lora": lora})
+    except (ValidationError, OSError) as exc:
+        _fail(f"invalid SFT configuration: {exc}")
+    try:
+        summary = train(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    losses = summary["losses"]
+    err.print(f"trained {summary['steps']} steps on {summary['records']} records; "
+              f"loss {losses[0] if losses else float('nan'):.4f} -> {losses[-1] if losses else float('nan'):.4f}; "
+              f"model in {summary['final_model']}")
+
+
+@app.command()
+def export(
+    out_dirs: list[Path] = typer.Argument(..., help="coldstart output folder(s)."),
+    to: str = typer.Option(..., "--to", help="llamafactory | trl | hf"),
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Where to write (default: <first folder>/export-<to>)."),
+    name: str = typer.Option("vision_r1_cold", "--name", help="Dataset name (llamafactory)."),
+    model: str = typer.Option("Qwen/Qwen2.5-VL-7B-Instruct", "--model", help="Model in the training YAML."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="trl/hf: push to this Hub repo."),
+) -> None:
+    """Export kept records for LLaMA-Factory, or as a datasets folder (images embedded) for TRL/HF."""
+    from .sft.export import to_hf, to_llamafactory
+
+    target = dest or out_dirs[0] / f"export-{to}"
+    try:
+        if to == "llamafactory":
+            result = to_llamafactory(out_dirs, target, name=name, model=model)
+        elif to in ("trl", "hf"):
+            result = to_hf(out_dirs, target, push_to_hub=push_to_hub)
+        else:
+            _fail(f"--to must be llamafactory, trl or hf, not {to!r}")
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    err.print(f"exported {result['rows']} rows -> {target}")
+
+
+@app.command()
+def preflight(
+    out_dirs: list[Path] = typer.Argument(..., help="coldstart output folder(s)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Processor to count tokens with (optional)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length"),
+) -> None:
+    """Check records before training: <image> tokens vs images, images open, token lengths."""
+    import json as _json
+
+    from .sft.data import preflight as run_preflight, read_records
+
+    processor = None
+    if model:
+        from .sft.loading import load_processor
+
+        processor = load_processor(model)
+    _, report = run_preflight(list(read_records(out_dirs)), processor, max_length)
+    print(_json.dumps(report.as_dict(), indent=2))
+    if report.kept < report.checked:
+        raise typer.Exit(1)
+
+
+@app.command()
 def vllm(
     config: Path = typer.Option(..., "--config", help="Build YAML (servers: and convert: sections)."),
     run: bool = typer.Option(False, "--run", help="Start the servers here (needs vllm installed)."),
