@@ -100,6 +100,37 @@ class QualityConfig(_Strict):
     rewrite_rules: str = "rewrite_rules.v1"  # prompts/<name>.yaml
 
 
+class OcrConfig(_Strict):
+    backend: Literal["rapidocr", "easyocr", "none"] = "rapidocr"
+    min_score: float = Field(0.5, ge=0, le=1)  # lines below this confidence are dropped
+    languages: list[str] = Field(default_factory=lambda: ["en"])  # easyocr only
+
+
+class GroundingConfig(_Strict):
+    enabled: bool = False
+    model: str | None = None  # a Grounding DINO folder or hub id (e.g. IDEA-Research/grounding-dino-base)
+    box_threshold: float = Field(0.35, ge=0, le=1)
+    text_threshold: float = Field(0.25, ge=0, le=1)
+    max_queries: int = Field(6, ge=1)
+
+
+class RoutingConfig(_Strict):
+    """Which images get which annotator: cheap rules, not every model on every image."""
+
+    ocr_sources: list[str] | None = None  # None: every source
+    grounding_sources: list[str] | None = None  # None: every source
+    grounding_max_ocr_chars: int = Field(40, ge=0)  # more OCR text than this: a document, no grounding
+
+
+class AnnotationConfig(_Strict):
+    enabled: bool = False
+    ocr: OcrConfig = Field(default_factory=OcrConfig)
+    grounding: GroundingConfig = Field(default_factory=GroundingConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    batch_size: int = Field(8, ge=1)
+    batch_wait_s: float = Field(0.05, ge=0)
+
+
 class DedupConfig(_Strict):
     enabled: bool = True  # same image content + same normalised question: processed once
     benchmark_questions: Path | None = None  # .txt (one per line), .jsonl/.json with "question"
@@ -130,6 +161,7 @@ class PromptConfig(_Strict):
     reasoning_blind: str = "reasoning_blind.v1"
     reasoning_hinted: str = "reasoning_hinted.v1"
     description_noleak: str = "description_noleak.v1"
+    description_annotated: str = "description_annotated.v1"
     judge: str = "judge.v1"
     rewrite_llm: str = "rewrite_llm.v1"
     directory: Path | None = None  # defaults to the project's prompts/
@@ -156,6 +188,7 @@ class ConvertConfig(_Strict):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     images: ImageConfig = Field(default_factory=ImageConfig)
 

@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
 
@@ -22,7 +22,7 @@ def _item(i: int, rng: random.Random) -> tuple[Image.Image, str, str, str]:
     img, draw = _canvas()
     if kind == "arithmetic":
         a, b = rng.randint(2, 40), rng.randint(2, 40)
-        draw.text((60, 100), f"{a} + {b} = ?", fill="black")
+        draw.text((30, 90), f"{a} + {b} = ?", fill="black", font=ImageFont.load_default(size=36))
         return img, f"What is the value of the expression written in image {i}?", str(a + b), kind
     if kind == "count":
         k = rng.randint(1, 7)

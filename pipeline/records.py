@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -82,6 +84,8 @@ class Kept(BaseModel):
     filter: str = ""  # LLM judge verdict, "valid" / "invalid" ("" when no judge ran)
     judge_response: str = ""
     description_attempts: int = 1  # >1 when a description leaked the answer and was regenerated
+    ocr: list[dict[str, Any]] = Field(default_factory=list)  # what the VLM was told: {text, box, score}
+    objects: list[dict[str, Any]] = Field(default_factory=list)  # {label, box (0-1000), score}
     conversations: list[dict[str, str]]
     usage: dict[str, Usage]
     models: dict[str, str]

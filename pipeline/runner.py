@@ -121,6 +121,8 @@ class Converter:
             finally:
                 await progress.stop()
                 pool.shutdown(wait=False, cancel_futures=True)
+                if stages.annotator is not None:
+                    stages.annotator.close()
             manifest = self._finalize(results, stages)
             results.close()
             return manifest
@@ -220,6 +222,8 @@ class Converter:
                 reasoning_original=chosen.reasoning_original, final_text=chosen.result.content,
                 k=k, k_correct=k_correct, pass_rate=k_correct / k, filter=verdict, judge_response=judge_response,
                 description_attempts=outputs.description_attempts,
+                ocr=[l.model_dump() for l in outputs.annotations.ocr] if outputs.annotations else [],
+                objects=[o.model_dump() for o in outputs.annotations.objects] if outputs.annotations else [],
                 conversations=[
                     {"from": "human", "value": human_turn(sample.question, len(images))},
                     {"from": "gpt", "value": gpt_turn(chosen.reasoning, sample.answer)},

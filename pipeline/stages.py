@@ -13,6 +13,7 @@ from typing import Any
 
 from .client import ModelClient, RequestFailed
 from .filters import Drop, FilterStats
+from .annotate import Annotations
 from .filters.leaks import answer_leak
 from .config import ConvertConfig
 from .images import EncodedImage
@@ -44,6 +45,7 @@ class StageOutputs:
     description: ChatResult
     reasoning: list[ChatResult]  # k traces (best-of-k); usage of the request(s) on the first
     description_attempts: int = 1
+    annotations: Annotations | None = None
 
 
 class Stages:
@@ -61,6 +63,12 @@ class Stages:
             self.templates["description_noleak"] = prompts.get(p.description_noleak)
         self.leak_stats = FilterStats()  # the answer-leak check on descriptions
         self.leak_regenerated = 0
+        self.annotator = None
+        if cfg.annotation.enabled:
+            from .annotate.annotator import Annotator
+
+            self.annotator = Annotator(cfg.annotation)
+            self.templates["description_annotated"] = prompts.get(p.description_annotated)
 
     @property
     def prompt_tags(self) -> dict[str, str]:
@@ -98,12 +106,16 @@ class Stages:
         except RequestFailed as exc:
             raise StageRejected(stage, exc.reason, exc.detail) from None
 
-    async def _describe(self, sample: Sample, images: list[EncodedImage], pseudo: ChatResult, t) -> tuple[ChatResult, int]:
+    async def _describe(self, sample: Sample, images: list[EncodedImage], pseudo: ChatResult, t,
+                        ann: Annotations | None = None) -> tuple[ChatResult, int]:
         """The description, checked for an announced answer; regenerated or rejected by config."""
-        description = await self._vlm(
-            "description", sample, images,
-            t["description"].render(question=sample.question, pseudo_cot=pseudo.content),
-        )
+        if ann is not None and not ann.empty:
+            prompt = t["description_annotated"].render(
+                question=sample.question, pseudo_cot=pseudo.content,
+                ocr=[l.model_dump() for l in ann.ocr], objects=[o.model_dump() for o in ann.objects])
+        else:
+            prompt = t["description"].render(question=sample.question, pseudo_cot=pseudo.content)
+        description = await self._vlm("description", sample, images, prompt)
         mode = self.cfg.quality.answer_leak
         if mode == "off":
             return description, 1
@@ -141,8 +153,15 @@ class Stages:
         pseudo = await self._vlm(
             "pseudo_cot", sample, images, t["pseudo_cot"].render(question=sample.question, answer=sample.answer)
         )
+        ann = None
+        if self.annotator is not None:
+            enter("annotate")
+            try:
+                ann = await self.annotator.annotate(sample, images, pseudo.content)
+            except Exception as exc:  # a model error costs this row, not the run
+                raise StageRejected("annotate", "annotation_failed", f"{type(exc).__name__}: {exc}") from None
         enter("description")
-        description, attempts = await self._describe(sample, images, pseudo, t)
+        description, attempts = await self._describe(sample, images, pseudo, t, ann)
         prompt = t["reasoning"].render(
             description=description.content, question=sample.question, answer=sample.answer
         )
@@ -151,4 +170,4 @@ class Stages:
         usable = [r for r in traces if r.finish_reason != "length" and (r.content.strip() or (r.reasoning or "").strip())]
         if not usable:
             self._accept("reasoning", traces[0])  # raises truncated / empty_output with its detail
-        return StageOutputs(pseudo, description, traces, attempts)
+        return StageOutputs(pseudo, description, traces, attempts, ann)

@@ -28,7 +28,8 @@ _USAGE = pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int6
                     ("requests", pa.int64())])
 _STAGE_STRUCT = lambda t: pa.struct([("pseudo_cot", t), ("description", t), ("reasoning", t)])  # noqa: E731
 
-PROMPT_KEYS = ("pseudo_cot", "description", "reasoning", "description_noleak", "rewrite_rules", "rewrite_llm", "judge")
+PROMPT_KEYS = ("pseudo_cot", "description", "reasoning", "description_noleak", "description_annotated",
+               "rewrite_rules", "rewrite_llm", "judge")
 
 PARQUET_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -52,6 +53,8 @@ PARQUET_SCHEMA = pa.schema([
     ("filter", pa.string()),
     ("judge_response", pa.string()),
     ("description_attempts", pa.int32()),
+    ("ocr", pa.list_(pa.struct([("text", pa.string()), ("box", pa.list_(pa.int32())), ("score", pa.float32())]))),
+    ("objects", pa.list_(pa.struct([("label", pa.string()), ("box", pa.list_(pa.int32())), ("score", pa.float32())]))),
     ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
     ("usage", _STAGE_STRUCT(_USAGE)),
     ("models", pa.struct([("vlm", pa.string()), ("reasoner", pa.string())])),

@@ -53,3 +53,35 @@ def build_tiny_qwen2_5_vl(folder: Path, corpus: list[str]) -> Path:
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
                              temporal_patch_size=2).save_pretrained(folder)
     return folder
+
+
+def build_tiny_grounding_dino(folder: Path, corpus: list[str]) -> Path:
+    import tempfile
+
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessorPil, GroundingDinoProcessor, SwinConfig)
+
+    torch.manual_seed(0)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save(f"{tmp}/tokenizer.json")
+        hf_tok = BertTokenizerFast(tokenizer_file=f"{tmp}/tokenizer.json")
+    cfg = GroundingDinoConfig(
+        backbone_config=SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 1], window_size=7, image_size=224,
+                                   out_features=["stage1", "stage2"]),
+        text_config=BertConfig(vocab_size=len(hf_tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=256),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, num_feature_levels=2, encoder_n_points=2,
+        decoder_n_points=2, disable_custom_kernels=True, max_text_len=64, use_timm_backbone=False,
+    )
+    GroundingDinoForObjectDetection(cfg).save_pretrained(folder)
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 224, "longest_edge": 320}),
+                           tokenizer=hf_tok).save_pretrained(folder)
+    return folder
