@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -225,6 +224,3 @@ def markdown_summary(manifest: dict[str, Any]) -> str:
     lines += ["", f"Shards: {len(manifest['shards'])} ({ran} ran, {len(manifest['shards']) - ran} reused)."]
     return "\n".join(lines)
 
-
-def clean_build(build: BuildConfig) -> None:  # pragma: no cover - a convenience for users
-    shutil.rmtree(build.build_dir, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +70,29 @@ def iter_jsonl(path: Path, source: str) -> Iterator[tuple[int, dict[str, Any] | 
 
 def turn_id(base: str, turn: int) -> str:
     return base if turn == 0 else f"{base}#turn{turn}"
+
+
+def turn_pairs(messages: list[Any], role_key: str, text_key: str, asker: str, answerer: str) -> list[tuple[str, str]]:
+    """(question, answer) text pairs of a conversation, in order; stray or non-dict turns are skipped."""
+    pairs, pending = [], None
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        role, text = msg.get(role_key), msg.get(text_key) or ""
+        if role == asker:
+            pending = text
+        elif role == answerer and pending is not None:
+            pairs.append((pending, text))
+            pending = None
+    return pairs
+
+
+def row_samples(base: str, source: str, images: list[str], pairs: list[tuple[str, str]],
+                answer_of: Callable[[str], str | None], question_of: Callable[[str], str] = lambda q: q,
+                no_pair_detail: str = "no question/answer turn pair") -> Iterator[Sample | Rejected]:
+    """One sample per question turn: multi-turn rows are not silently cut to their first turn."""
+    if not pairs:
+        yield reject_row(base, source, "malformed_row", no_pair_detail)
+    for turn, (question, answer) in enumerate(pairs):
+        yield make_sample(row_id=turn_id(base, turn), source=source, images=images,
+                          question=question_of(question), answer=answer_of(answer))

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..records import Rejected, Sample
-from .common import as_image_list, iter_jsonl, make_sample, reject_row, turn_id
+from .common import as_image_list, iter_jsonl, reject_row, row_samples, turn_pairs
 
 _CONCLUSION = re.compile(r"<CONCLUSION>(.*?)</CONCLUSION>", re.DOTALL | re.IGNORECASE)
 
@@ -28,19 +28,5 @@ def read_llava_cot(path: Path, source: str) -> Iterator[Sample | Rejected]:
             yield reject_row(base, source, "malformed_row", "no conversations list")
             continue
         images = as_image_list(row.get("image", row.get("images")))
-        turn, pending_q = 0, None
-        for msg in convs:
-            if not isinstance(msg, dict):
-                continue
-            role, value = msg.get("from"), msg.get("value") or ""
-            if role == "human":
-                pending_q = value
-            elif role == "gpt" and pending_q is not None:
-                # One sample per question turn: multi-turn rows are not silently cut to their first turn.
-                yield make_sample(
-                    row_id=turn_id(base, turn), source=source, images=images,
-                    question=pending_q, answer=conclusion(value),
-                )
-                turn, pending_q = turn + 1, None
-        if turn == 0:
-            yield reject_row(base, source, "malformed_row", "no human/gpt turn pair")
+        pairs = turn_pairs(convs, "from", "value", "human", "gpt")
+        yield from row_samples(base, source, images, pairs, conclusion, no_pair_detail="no human/gpt turn pair")

@@ -9,9 +9,8 @@ from pathlib import Path
 import ijson
 
 from ..records import Rejected, Sample
-from .common import as_image_list, make_sample, reject_row, turn_id
+from .common import as_image_list, reject_row, row_samples, turn_pairs
 
-_FINAL = re.compile(r"The final answer is\s*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.DOTALL)
 _QPREFIX = re.compile(r"^\s*Question\s*[:：]\s*", re.IGNORECASE)
 
 
@@ -21,6 +20,10 @@ def final_answer(text: str) -> str | None:
         return None
     answer = parts[-1].strip().splitlines()[0].strip() if parts[-1].strip() else ""
     return answer.rstrip(".").strip() or None
+
+
+def _clean_question(text: str) -> str:
+    return _QPREFIX.sub("", text.replace("<image>", "").strip())
 
 
 def read_mulberry(path: Path, source: str) -> Iterator[Sample | Rejected]:
@@ -39,22 +42,9 @@ def read_mulberry(path: Path, source: str) -> Iterator[Sample | Rejected]:
                     yield reject_row(base, source, "malformed_row", "no messages list")
                     continue
                 images = as_image_list(row.get("images", row.get("image")))
-                turn, pending_q = 0, None
-                for msg in msgs:
-                    if not isinstance(msg, dict):
-                        continue
-                    role, content = msg.get("role"), msg.get("content") or ""
-                    if role == "user":
-                        pending_q = content
-                    elif role == "assistant" and pending_q is not None:
-                        question = _QPREFIX.sub("", pending_q.replace("<image>", "").strip())
-                        yield make_sample(
-                            row_id=turn_id(base, turn), source=source, images=images,
-                            question=question, answer=final_answer(content),
-                        )
-                        turn, pending_q = turn + 1, None
-                if turn == 0:
-                    yield reject_row(base, source, "malformed_row", "no user/assistant turn pair")
+                pairs = turn_pairs(msgs, "role", "content", "user", "assistant")
+                yield from row_samples(base, source, images, pairs, final_answer, question_of=_clean_question,
+                                       no_pair_detail="no user/assistant turn pair")
         except ijson.JSONError as exc:
             # A broken array cannot be resynchronised; record where it broke so the count stays honest.
             yield reject_row(f"{source}:after{position}", source, "malformed_input",
