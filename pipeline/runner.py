@@ -155,12 +155,10 @@ class Converter:
 
         for item in open_source(self.cfg):
             counters.read += 1
-            if isinstance(item, Rejected):
-                record(item)
-                await asyncio.sleep(0)
-                continue
-            if (early := validate_sample(item) or await self._screen(item)) is not None:
-                record(early)  # invalid rows, duplicates and contaminated rows cost no model call
+            early = item if isinstance(item, Rejected) else (validate_sample(item) or await self._screen(item))
+            if early is not None:
+                record(early)  # unreadable, invalid, duplicate and contaminated rows cost no model call
+                await asyncio.sleep(0)  # let the workers and the progress display run between such rows
                 continue
             await admission.acquire()
             task = asyncio.create_task(one(item))
