@@ -8,6 +8,7 @@ the run: every failure becomes a Rejected outcome with its stage and reason.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing
 import time
@@ -33,7 +34,8 @@ from .results import ResultTable
 from .sources import open_source
 from .stages import STAGES, StageOutputs, StageRejected, Stages
 from .verify.compare import check_output
-from .writers import JSONL_NAME, dataset_info, reject_row, vision_r1_record, write_json, write_jsonl, write_parquet_shards
+from .writers import (JSONL_NAME, atomic_open, dataset_info, reject_row, vision_r1_record, write_json, write_jsonl,
+                      write_parquet_shards)
 
 log = logging.getLogger("coldstart")
 
@@ -307,15 +309,20 @@ class Converter:
         kept_n, rejected_n = results.count(True), results.count(False)
         if kept_n + rejected_n != c.read:
             raise RuntimeError(f"bookkeeping error: kept {kept_n} + rejected {rejected_n} != read {c.read}")
-        shards = write_parquet_shards(self.out, results.iter_kept(), kept_n, cfg.shard_rows)
-        write_jsonl(self.out / JSONL_NAME, (vision_r1_record(k) for k in results.iter_kept()))
+        usage: dict[str, Usage] = {s: Usage() for s in STAGES}
+        # One pass over the kept outcomes feeds the Parquet shards, the JSONL and the usage totals.
+        with atomic_open(self.out / JSONL_NAME) as jsonl:
+            def kept_rows():
+                for k in results.iter_kept():
+                    jsonl.write(json.dumps(vision_r1_record(k), ensure_ascii=False) + "\n")
+                    for s in STAGES:
+                        usage[s].add(k.usage[s])
+                    yield k
+
+            shards = write_parquet_shards(self.out, kept_rows(), kept_n, cfg.shard_rows)
         write_jsonl(self.out / "rejects.jsonl", (reject_row(r) for r in results.iter_rejected()))
         name = f"coldstart_{cfg.source_name or Path(cfg.input or 'data').stem}".replace("-", "_")
         write_json(self.out / "dataset_info.json", dataset_info(name))
-        usage: dict[str, Usage] = {s: Usage() for s in STAGES}
-        for k in results.iter_kept():
-            for s in STAGES:
-                usage[s].add(k.usage[s])
         usage_all: dict[str, Usage] = {s: Usage() for s in STAGES}  # plus rewrite/judge when used
         for cl in self.clients.values():
             for s, u in cl.stats.usage_by_stage.items():
