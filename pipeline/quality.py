@@ -90,43 +90,36 @@ class QualityGate:
 
     async def rewrite(self, sample: Sample, trace: Trace) -> str | Drop:
         """Rule (or LLM, then rule) rewrite; the result must hold no reference and no new artifact."""
-        self.rewrite_stats.seen += 1
+        return self.rewrite_stats.record(await self._rewrite(sample, trace))
+
+    async def _rewrite(self, sample: Sample, trace: Trace) -> str | Drop:
         text = trace.reasoning
         if self.rewrite_tpl is not None:
             res = await self.vlm.chat([{"role": "user", "content": self.rewrite_tpl.render(reasoning=text)}],
                                       stage="rewrite", priority=0, order=sample.index)
             m = _LLM_REWRITE.search(res.content)
             if res.finish_reason == "length" or not m:
-                return self._drop(Drop("rewrite_failed", f"LLM rewrite unusable (finish_reason={res.finish_reason})"))
+                return Drop("rewrite_failed", f"LLM rewrite unusable (finish_reason={res.finish_reason})")
             text = m.group(1)
             leak = self.hint_leak.filter(Trace(**{**trace.__dict__, "reasoning": text}))
             if isinstance(leak, Drop):
-                return self._drop(leak)
+                return leak
         if self.rewriter is not None:
             rewritten = self.rewriter.rewrite(text)
             if (residue := self.rewriter.residue_in(rewritten)) is not None:
-                return self._drop(Drop("rewrite_residue", f"still refers to the description: {residue!r}"))
+                return Drop("rewrite_residue", f"still refers to the description: {residue!r}")
             if (artifact := self.rewriter.new_artifact(trace.reasoning, rewritten)) is not None:
-                return self._drop(Drop("rewrite_artifact", f"rewrite produced {artifact!r}"))
+                return Drop("rewrite_artifact", f"rewrite produced {artifact!r}")
             text = rewritten
-        self.rewrite_stats.passed += 1
         return text
-
-    def _drop(self, drop: Drop) -> Drop:
-        self.rewrite_stats.dropped += 1
-        return drop
 
     async def judge(self, sample: Sample, description: str, reasoning: str) -> tuple[str, str]:
         assert self.judge_client is not None and self.judge_tpl is not None
-        self.judge_stats.seen += 1
         prompt = self.judge_tpl.render(question=sample.question, answer=sample.answer,
                                        description=description, reasoning=reasoning)
         res = await self.judge_client.chat([{"role": "user", "content": prompt}], stage="judge", priority=0,
                                            order=sample.index)
         m = _VERDICT.search(res.content)
         verdict = "valid" if m and m.group(1).upper() == "VALID" else "invalid"
-        if verdict == "valid":
-            self.judge_stats.passed += 1
-        else:
-            self.judge_stats.dropped += 1
+        self.judge_stats.record(verdict == "valid")
         return verdict, res.content

@@ -121,12 +121,9 @@ class Stages:
             return description, 1
         attempts = 1
         while True:
-            self.leak_stats.seen += 1
-            leak = answer_leak(description.content, sample.answer, sample.options)
+            leak = self.leak_stats.record(answer_leak(description.content, sample.answer, sample.options))
             if not isinstance(leak, Drop):
-                self.leak_stats.passed += 1
                 return description, attempts
-            self.leak_stats.dropped += 1
             if mode != "regenerate" or attempts > self.cfg.quality.max_leak_regenerations:
                 raise StageRejected("description", leak.reason, leak.detail)
             self.leak_regenerated += 1

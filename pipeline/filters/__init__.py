@@ -46,6 +46,15 @@ class FilterStats:
     passed: int = 0
     dropped: int = 0
 
+    def record(self, result: "FilterResult | str") -> "FilterResult | str":
+        """Count one decision (a Drop is dropped, anything else passed) and hand it back."""
+        self.seen += 1
+        if isinstance(result, Drop) or result is False:
+            self.dropped += 1
+        else:
+            self.passed += 1
+        return result
+
     def as_dict(self) -> dict[str, int]:
         return {"seen": self.seen, "passed": self.passed, "dropped": self.dropped}
 
@@ -60,13 +69,7 @@ class Filter:
         raise NotImplementedError
 
     def __call__(self, trace: Trace) -> FilterResult:
-        self.stats.seen += 1
-        result = self.filter(trace)
-        if result is True:
-            self.stats.passed += 1
-        else:
-            self.stats.dropped += 1
-        return result
+        return self.stats.record(self.filter(trace))
 
 
 @dataclass
