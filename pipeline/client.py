@@ -14,13 +14,12 @@ import asyncio
 import email.utils
 import heapq
 import itertools
+import logging
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-
-import logging
 
 import httpx2
 import openai

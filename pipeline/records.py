@@ -34,6 +34,10 @@ class Rejected(BaseModel):
     reason: str
     detail: str = ""
 
+    @classmethod
+    def of(cls, sample: "Sample", stage: str, reason: str, detail: str) -> "Rejected":
+        return cls(index=sample.index, id=sample.id, source=sample.source, stage=stage, reason=reason, detail=detail)
+
 
 class Usage(BaseModel):
     prompt_tokens: int = 0

@@ -41,15 +41,12 @@ log = logging.getLogger("coldstart")
 
 
 def validate_sample(s: Sample) -> Rejected | None:
-    def rej(reason: str, detail: str) -> Rejected:
-        return Rejected(index=s.index, id=s.id, source=s.source, stage="validate", reason=reason, detail=detail)
-
     if not s.question.strip():
-        return rej("empty_question", "the question is empty")
+        return Rejected.of(s, "validate", "empty_question", "the question is empty")
     if not s.answer.strip():
-        return rej("missing_answer", "no ground-truth answer")
+        return Rejected.of(s, "validate", "missing_answer", "no ground-truth answer")
     if not s.images:
-        return rej("no_image", "the row names no image")
+        return Rejected.of(s, "validate", "no_image", "the row names no image")
     return None
 
 
@@ -171,25 +168,17 @@ class Converter:
 
     async def _screen(self, sample: Sample) -> Rejected | None:
         """Duplicates and benchmark contamination, decided in input order (stable under resume)."""
-        def rej(reason: str, detail: str) -> Rejected:
-            return Rejected(index=sample.index, id=sample.id, source=sample.source, stage="dedup",
-                            reason=reason, detail=detail)
-
         if self.decontam is not None and sample.question and (hit := self.decontam.check(sample.question)):
-            return rej("contaminated", hit)
+            return Rejected.of(sample, "dedup", "contaminated", hit)
         if self.dedup is not None and sample.images and sample.question:
             assert self.cfg.image_root is not None
             hashes = await asyncio.to_thread(file_hashes, Path(self.cfg.image_root), sample.images)
             if hashes is not None and (first := self.dedup.check(sample.id, hashes, sample.question)):
-                return rej("duplicate", f"same image and question as {first}")
+                return Rejected.of(sample, "dedup", "duplicate", f"same image and question as {first}")
         return None
 
     async def _process(self, sample: Sample, stages: Stages, pool: ProcessPoolExecutor) -> Kept | Rejected:
         stage = "validate"
-
-        def rej(reason: str, detail: str, at: str | None = None) -> Rejected:
-            return Rejected(index=sample.index, id=sample.id, source=sample.source, stage=at or stage,
-                            reason=reason, detail=detail)
 
         try:
             stage = "image"
@@ -207,7 +196,7 @@ class Converter:
             if self.gate.judge_client is not None:
                 verdict, judge_response = await self.gate.judge(sample, outputs.description.content, chosen.reasoning)
                 if verdict == "invalid" and self.cfg.judge.drop_invalid:
-                    return rej("judge_invalid", judge_response.strip()[:500])
+                    return Rejected.of(sample, stage, "judge_invalid", judge_response.strip()[:500])
             rel = [relative_to_out(im, self.out) for im in images]
             reasoning_usage = Usage()
             for r in outputs.reasoning:
@@ -234,12 +223,12 @@ class Converter:
                 prompts={**stages.prompt_tags, **self.gate.tags},
             )
         except ImageError as exc:
-            return rej(exc.reason, exc.detail, "image")
+            return Rejected.of(sample, "image", exc.reason, exc.detail)
         except StageRejected as exc:
-            return rej(exc.reason, exc.detail, exc.stage)
+            return Rejected.of(sample, exc.stage, exc.reason, exc.detail)
         except Exception as exc:  # a bug or an unforeseen input must cost one row, not the run
             log.error("sample %s failed at %s:\n%s", sample.id, stage, traceback.format_exc())
-            return rej("internal_error", f"{type(exc).__name__}: {exc}")
+            return Rejected.of(sample, stage, "internal_error", f"{type(exc).__name__}: {exc}")
 
     async def _choose(self, sample: Sample, outputs: StageOutputs, pool: ProcessPoolExecutor
                       ) -> tuple[Choice | None, int, Rejected | None]:
@@ -269,19 +258,16 @@ class Converter:
         if survivors:
             return min(survivors, key=lambda c: (len(c.reasoning), c.index)), k_correct, None
 
-        def rej(stage: str, reason: str, detail: str) -> Rejected:
-            return Rejected(index=sample.index, id=sample.id, source=sample.source, stage=stage,
-                            reason=reason, detail=detail)
-
         if first_drop is not None:
             stage, drop = first_drop
-            return None, k_correct, rej(stage, drop.reason, drop.detail)
+            return None, k_correct, Rejected.of(sample, stage, drop.reason, drop.detail)
         if not verdicts:
-            return None, 0, rej("reasoning", "truncated", "every trace hit max_tokens")
+            return None, 0, Rejected.of(sample, "reasoning", "truncated", "every trace hit max_tokens")
         v = verdicts[0]
-        return None, k_correct, rej("verify", "wrong_answer" if v.pred else "no_answer",
-                                    f"pred={v.pred!r} gold={sample.answer!r} ({v.method})"
-                                    + (f"; 0 of {len(verdicts)} traces correct" if len(verdicts) > 1 else ""))
+        detail = f"pred={v.pred!r} gold={sample.answer!r} ({v.method})"
+        if len(verdicts) > 1:
+            detail += f"; 0 of {len(verdicts)} traces correct"
+        return None, k_correct, Rejected.of(sample, "verify", "wrong_answer" if v.pred else "no_answer", detail)
 
     async def _run_stages(self, sample: Sample, images, stages: Stages) -> StageOutputs:
         c = self.counters
