@@ -113,10 +113,12 @@ class Annotator:
         if not (do_ocr or do_ground) or not images:
             ann.route.append("skipped: source not routed")
             return ann
-        # The original file, not the downscaled copy: small text matters here.
-        pil = [Image.open(im.resolved).convert("RGB") for im in images[:1]]
+        # The original file, not the downscaled copy: small text matters here. Multi-image rows
+        # are annotated on their first image.
+        with Image.open(images[0].resolved) as opened:
+            image = opened.convert("RGB")
         if do_ocr:
-            ann.ocr = await self._ocr(pil[0])
+            ann.ocr = await self._ocr(image)
             ann.route.append(f"ocr:{self.ocr_backend.name}")
         if do_ground:
             chars = sum(len(l.text) for l in ann.ocr)
@@ -126,7 +128,7 @@ class Annotator:
             else:
                 queries = grounding_queries(sample.question, pseudo_cot, self.cfg.grounding.max_queries)
                 if queries:
-                    ann.objects = await self._ground((pil[0], queries))
+                    ann.objects = await self._ground((image, queries))
                     ann.route.append(f"grounding:{'|'.join(queries)}")
         return ann
 
