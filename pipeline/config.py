@@ -171,6 +171,8 @@ class ConvertConfig(_Strict):
     source_format: SourceFormat = "llava-cot"
     input: Path | None = None
     image_root: Path | None = None
+    # Extra trusted roots: an image path (or a symlink) that resolves into image_root or one of these is accepted.
+    image_roots: list[Path] = Field(default_factory=list)
     out: Path = Path("outputs/convert")
     source_name: str | None = None  # defaults to the input file's stem
     limit: int | None = Field(None, ge=0)

@@ -12,6 +12,13 @@ class Option(BaseModel):
     text: str
 
 
+class Turn(BaseModel):
+    """An earlier question/answer turn of a multi-turn row: context for a follow-up question."""
+
+    question: str
+    answer: str
+
+
 class Sample(BaseModel):
     """One question about zero or more images, as every source reader emits it."""
 
@@ -22,6 +29,8 @@ class Sample(BaseModel):
     question: str = ""
     answer: str = ""
     options: list[Option] = Field(default_factory=list)
+    # Earlier turns of the same conversation (multi-turn rows), oldest first; empty for a first turn.
+    context: list[Turn] = Field(default_factory=list)
 
 
 class Rejected(BaseModel):
