@@ -156,6 +156,7 @@ class ImageConfig(_Strict):
 
 
 class PromptConfig(_Strict):
+    question: str = "question.v1"  # the question with its options (and earlier turns), as every prompt shows it
     pseudo_cot: str = "pseudo_cot.v1"
     description: str = "description.v1"
     reasoning_blind: str = "reasoning_blind.v1"

@@ -15,6 +15,7 @@ from .filters import Drop, FilterChain, FilterStats, Trace
 from .filters.rules import (ConsistencyFilter, DegenerateFilter, FormatFilter, HintLeakFilter, LanguageFilter,
                             LengthFilter)
 from .prompts import PromptLibrary
+from .question import QuestionRenderer
 from .records import ChatResult, Sample
 from .rewrite import ModalityRewriter
 
@@ -57,6 +58,7 @@ class QualityGate:
         self.chain = FilterChain(filters)
         self.rewriter = ModalityRewriter(q.rewrite_rules, cfg.prompts.directory) if q.rewrite != "off" else None
         self.vlm, self.judge_client = vlm, judge
+        self.question = QuestionRenderer(prompts, cfg.prompts.question)
         self.rewrite_tpl = prompts.get(cfg.prompts.rewrite_llm) if q.rewrite == "llm" else None
         self.judge_tpl = prompts.get(cfg.prompts.judge) if judge is not None else None
         self.rewrite_stats = FilterStats()
@@ -83,7 +85,7 @@ class QualityGate:
     def trace(self, sample: Sample, description: str, result: ChatResult, pred: str | None) -> Trace:
         reasoning = result.reasoning if result.reasoning else result.content
         k = self.cfg.samples_per_question
-        return Trace(question=sample.question, answer=sample.answer, options=sample.options,
+        return Trace(question=self.question.prompt(sample), answer=sample.answer, options=sample.options,
                      description=description, reasoning=reasoning,
                      final_text=result.content if result.reasoning else "", pred=pred,
                      tokens=estimate_tokens(result, reasoning, k), hinted=self.cfg.hint_answer)
@@ -115,7 +117,7 @@ class QualityGate:
 
     async def judge(self, sample: Sample, description: str, reasoning: str) -> tuple[str, str]:
         assert self.judge_client is not None and self.judge_tpl is not None
-        prompt = self.judge_tpl.render(question=sample.question, answer=sample.answer,
+        prompt = self.judge_tpl.render(question=self.question.prompt(sample), answer=sample.answer,
                                        description=description, reasoning=reasoning)
         res = await self.judge_client.chat([{"role": "user", "content": prompt}], stage="judge", priority=0,
                                            order=sample.index)

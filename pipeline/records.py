@@ -82,7 +82,9 @@ class Kept(BaseModel):
     images: list[str]  # relative to the output folder (LLaMA-Factory dataset_dir)
     source_images: list[str]  # as in the input, relative to image_root
     image_sha256: list[str]
-    question: str
+    question: str  # as the model is asked it: with its options listed
+    options: list[Option] = Field(default_factory=list)
+    context: list[Turn] = Field(default_factory=list)  # earlier turns of a multi-turn row
     answer: str
     pred_answer: str
     match: str  # which comparison accepted the answer

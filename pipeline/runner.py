@@ -67,9 +67,17 @@ def estimate_total(cfg: ConvertConfig) -> int | None:
     return total
 
 
-def human_turn(question: str, n_images: int) -> str:
-    # The number of <image> tokens must equal the number of images (LLaMA-Factory checks it).
-    return "<image>\n" * n_images + question
+def conversation(sample: Sample, question_turn: str, n_images: int, gpt: str) -> list[dict[str, str]]:
+    """The kept conversation: earlier turns of a multi-turn row as they were, then the question and the trace.
+    All <image> tokens open the first human turn: their number must equal the number of images
+    (LLaMA-Factory checks it)."""
+    humans = [t.question for t in sample.context] + [question_turn]
+    answers = [t.answer for t in sample.context] + [gpt]
+    humans[0] = "<image>\n" * n_images + humans[0]
+    turns: list[dict[str, str]] = []
+    for h, a in zip(humans, answers):
+        turns += [{"from": "human", "value": h}, {"from": "gpt", "value": a}]
+    return turns
 
 
 def gpt_turn(reasoning: str, answer: str) -> str:
@@ -205,7 +213,8 @@ class Converter:
             return Kept(
                 index=sample.index, id=sample.id, source=sample.source, images=rel,
                 source_images=list(sample.images), image_sha256=[im.file_sha256 for im in images],
-                question=sample.question, answer=sample.answer, pred_answer=chosen.pred,
+                question=stages.question.turn(sample), options=sample.options, context=sample.context,
+                answer=sample.answer, pred_answer=chosen.pred,
                 match=chosen.match, pseudo_cot=outputs.pseudo_cot.content,
                 description=outputs.description.content, reasoning=chosen.reasoning,
                 reasoning_original=chosen.reasoning_original, final_text=chosen.result.content,
@@ -213,10 +222,8 @@ class Converter:
                 description_attempts=outputs.description_attempts,
                 ocr=[l.model_dump() for l in outputs.annotations.ocr] if outputs.annotations else [],
                 objects=[o.model_dump() for o in outputs.annotations.objects] if outputs.annotations else [],
-                conversations=[
-                    {"from": "human", "value": human_turn(sample.question, len(images))},
-                    {"from": "gpt", "value": gpt_turn(chosen.reasoning, sample.answer)},
-                ],
+                conversations=conversation(sample, stages.question.turn(sample), len(images),
+                                           gpt_turn(chosen.reasoning, sample.answer)),
                 usage={"pseudo_cot": outputs.pseudo_cot.usage, "description": outputs.description.usage,
                        "reasoning": reasoning_usage},
                 models={"vlm": self.cfg.vlm.model or "", "reasoner": self.cfg.reasoner.model or ""},

@@ -18,6 +18,7 @@ from .filters.leaks import answer_leak
 from .config import ConvertConfig
 from .images import EncodedImage
 from .prompts import PromptLibrary, PromptTemplate
+from .question import QuestionRenderer
 from .records import ChatResult, Sample
 
 STAGES = ("pseudo_cot", "description", "reasoning")
@@ -59,6 +60,9 @@ class Stages:
             "description": prompts.get(p.description),
             "reasoning": prompts.get(p.reasoning_hinted if cfg.hint_answer else p.reasoning_blind),
         }
+        # The question as every prompt shows it: options listed once, earlier turns of a multi-turn row first.
+        self.question = QuestionRenderer(prompts, p.question)
+        self.templates["question"] = self.question.template
         if cfg.quality.answer_leak == "regenerate":
             self.templates["description_noleak"] = prompts.get(p.description_noleak)
         self.leak_stats = FilterStats()  # the answer-leak check on descriptions
@@ -109,12 +113,13 @@ class Stages:
     async def _describe(self, sample: Sample, images: list[EncodedImage], pseudo: ChatResult, t,
                         ann: Annotations | None = None) -> tuple[ChatResult, int]:
         """The description, checked for an announced answer; regenerated or rejected by config."""
+        question = self.question.prompt(sample)
         if ann is not None and not ann.empty:
             prompt = t["description_annotated"].render(
-                question=sample.question, pseudo_cot=pseudo.content,
+                question=question, pseudo_cot=pseudo.content,
                 ocr=[l.model_dump() for l in ann.ocr], objects=[o.model_dump() for o in ann.objects])
         else:
-            prompt = t["description"].render(question=sample.question, pseudo_cot=pseudo.content)
+            prompt = t["description"].render(question=question, pseudo_cot=pseudo.content)
         description = await self._vlm("description", sample, images, prompt)
         mode = self.cfg.quality.answer_leak
         if mode == "off":
@@ -131,7 +136,7 @@ class Stages:
             previous = description
             description = await self._vlm(
                 "description", sample, images,
-                t["description_noleak"].render(question=sample.question, pseudo_cot=pseudo.content,
+                t["description_noleak"].render(question=question, pseudo_cot=pseudo.content,
                                                previous=previous.content),
             )
             description.usage.add(previous.usage)
@@ -147,8 +152,9 @@ class Stages:
 
     async def _run(self, sample, images, t, enter) -> StageOutputs:
         enter("pseudo_cot")
+        question = self.question.prompt(sample)
         pseudo = await self._vlm(
-            "pseudo_cot", sample, images, t["pseudo_cot"].render(question=sample.question, answer=sample.answer)
+            "pseudo_cot", sample, images, t["pseudo_cot"].render(question=question, answer=sample.answer)
         )
         ann = None
         if self.annotator is not None:
@@ -160,7 +166,7 @@ class Stages:
         enter("description")
         description, attempts = await self._describe(sample, images, pseudo, t, ann)
         prompt = t["reasoning"].render(
-            description=description.content, question=sample.question, answer=sample.answer
+            description=description.content, question=question, answer=sample.answer
         )
         enter("reasoning")
         traces = await self._reason(sample, prompt)

@@ -28,7 +28,7 @@ _USAGE = pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int6
                     ("requests", pa.int64())])
 _STAGE_STRUCT = lambda t: pa.struct([("pseudo_cot", t), ("description", t), ("reasoning", t)])  # noqa: E731
 
-PROMPT_KEYS = ("pseudo_cot", "description", "reasoning", "description_noleak", "description_annotated",
+PROMPT_KEYS = ("question", "pseudo_cot", "description", "reasoning", "description_noleak", "description_annotated",
                "rewrite_rules", "rewrite_llm", "judge")
 
 PARQUET_SCHEMA = pa.schema([
@@ -39,6 +39,8 @@ PARQUET_SCHEMA = pa.schema([
     ("source_images", pa.list_(pa.string())),
     ("image_sha256", pa.list_(pa.string())),
     ("question", pa.string()),
+    ("options", pa.list_(pa.struct([("letter", pa.string()), ("text", pa.string())]))),
+    ("context", pa.list_(pa.struct([("question", pa.string()), ("answer", pa.string())]))),
     ("answer", pa.string()),
     ("pred_answer", pa.string()),
     ("match", pa.string()),
