@@ -97,7 +97,7 @@ class QualityConfig(_Strict):
     answer_leak: Literal["reject", "regenerate", "off"] = "regenerate"
     max_leak_regenerations: int = Field(1, ge=0)
     rewrite: Literal["rules", "llm", "off"] = "rules"
-    rewrite_rules: str = "rewrite_rules.v1"  # prompts/<name>.yaml
+    rewrite_rules: str = "rewrite_rules.v2"  # prompts/<name>.yaml
 
 
 class OcrConfig(_Strict):
