@@ -7,10 +7,17 @@ caption says..."), with LaTeX math, money amounts, captions printed in images an
 come from the question or the options.
 """
 
+import asyncio
 import re
+from pathlib import Path
 
 import pytest
 
+from pipeline.config import ConvertConfig
+from pipeline.filters import Drop, Trace
+from pipeline.prompts import PromptLibrary
+from pipeline.quality import QualityGate
+from pipeline.records import Option, Sample
 from pipeline.rewrite import ModalityRewriter, math_spans
 
 REWRITER = ModalityRewriter()
@@ -269,3 +276,46 @@ def test_v1_rules_still_load_for_old_configs():
     v1 = ModalityRewriter("rewrite_rules.v1")
     assert v1.rewrite("The description says the bar is red.") == "The image shows the bar is red."
     assert v1.tag.startswith("rewrite_rules.v1@") and REWRITER.tag.startswith("rewrite_rules.v2@")
+
+
+TREND_Q = "Which option best describes the trend in the graph?"
+TREND_OPTIONS = ["steadily increasing", "increasing with a dip", "decreasing", "constant"]
+TREND_TRACE = (Path(__file__).parent / "fixtures" / "rewrite" / "r1_trend_trace.txt").read_text(encoding="utf-8")
+TREND_EXPECTED = (Path(__file__).parent / "fixtures" / "rewrite" / "r1_trend_trace.rewritten.txt").read_text(encoding="utf-8")
+
+
+def test_a_whole_r1_style_trace():
+    got = REWRITER.rewrite(TREND_TRACE, TREND_Q, TREND_OPTIONS)
+    assert got == TREND_EXPECTED.strip()
+    assert REWRITER.residue_in(got, TREND_Q, TREND_OPTIONS) is None
+    assert REWRITER.new_artifact(TREND_TRACE, got) is None
+    # Without the question, "B best describes the trend" is a reference like any other.
+    assert REWRITER.residue_in(REWRITER.rewrite(TREND_TRACE)) == "describes"
+
+
+def _gate_rewrite(question, options, reasoning):
+    cfg = ConvertConfig()
+    gate = QualityGate(cfg, PromptLibrary(cfg.prompts.directory), None, None)
+    sample = Sample(index=0, id="s0", source="t", question=question, answer="B",
+                    options=[Option(letter=chr(65 + i), text=t) for i, t in enumerate(options)])
+    trace = Trace(question=question, answer="B", options=sample.options, description="d", reasoning=reasoning,
+                  final_text="", pred="B", tokens=100)
+    return asyncio.run(gate.rewrite(sample, trace)), gate
+
+
+def test_quality_gate_gives_the_rewriter_the_question_and_options():
+    text, gate = _gate_rewrite(TREND_Q, TREND_OPTIONS, TREND_TRACE)
+    assert text == TREND_EXPECTED.strip()
+    assert gate.tags["rewrite_rules"].startswith("rewrite_rules.v2@")
+    # An option, not the question, holds the word.
+    text, _ = _gate_rewrite("What kind of event does the poster advertise?", CONTEST_OPTS,
+                            "The description mentions blank speech bubbles, so it is a caption contest.")
+    assert text == "The image shows blank speech bubbles, so it is a caption contest."
+    dropped, gate = _gate_rewrite("What is shown?", [], "It describes a red car, so the answer is B.")
+    assert dropped == Drop("rewrite_residue", "still refers to the description: 'describes'")
+    assert gate.stats()["rewrite"]["dropped"] == 1
+
+
+def test_quality_gate_strips_special_tokens_from_the_kept_reasoning():
+    text, _ = _gate_rewrite("What is shown?", [], "<｜begin▁of▁sentence｜>The description says a car.<|im_end|>")
+    assert text == "The image shows a car."
