@@ -159,6 +159,12 @@ KEPT = [
     ("The question describes a trapezoid with parallel sides.", "", ()),
     ("Description B matches the picture best.", "Which description matches the picture?", ["Description A", "Description B"]),
     ("As mentioned earlier, the sum is 15.", "", ()),
+    ("The situation described by option C matches the picture.", "", ()),
+    ("The description in the question says the triangle is isosceles.", "", ()),
+    ("As described in the question, the triangle is isosceles.", "", ()),
+    ("The text in the image says 'EXIT'.", "", ()),
+    ("Given the diagram, the answer is B.", "", ()),
+    ("Costs are \\$5 and \\$7, so the total is \\$12.", "", ()),
     ("The sale price is $5 and the full price is $7, so the discount is $2.", "", ()),
 ]
 
