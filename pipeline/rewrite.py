@@ -158,6 +158,9 @@ class ModalityRewriter:
         return patterns, verbs_ok
 
     def _mask(self, text: str, extra: Iterable[re.Pattern[str]] = ()) -> _Masked:
+        # The placeholder characters are private-use code points no real text needs: a stray one
+        # in model output must not be taken for a placeholder.
+        text = text.replace(_OPEN, "").replace(_CLOSE, "")
         spans = math_spans(text)
         for pattern in [*self.keep, *extra]:
             spans += [m.span() for m in pattern.finditer(text) if m.end() > m.start()]

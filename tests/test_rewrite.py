@@ -271,6 +271,11 @@ def test_artifact_detection():
     assert REWRITER.new_artifact("x", "The images shows two cars.") == "The images shows"
 
 
+def test_stray_placeholder_characters_in_model_output_do_not_break_the_rewrite():
+    text = "The description says \ue000\ue105\ue001 a cat with $x$ legs."
+    assert REWRITER.rewrite(text) == "The image shows \ue105 a cat with $x$ legs."
+
+
 def test_a_rules_file_with_a_bad_group_reference_fails_at_load(tmp_path):
     (tmp_path / "bad.yaml").write_text(
         'rules:\n  - {pattern: "the description", replace: "\\\\1"}\nresidue: "x"\nartifacts: ["y"]\n')
