@@ -97,7 +97,7 @@ class QualityConfig(_Strict):
     answer_leak: Literal["reject", "regenerate", "off"] = "regenerate"
     max_leak_regenerations: int = Field(1, ge=0)
     rewrite: Literal["rules", "llm", "off"] = "rules"
-    rewrite_rules: str = "rewrite_rules.v1"  # prompts/<name>.yaml
+    rewrite_rules: str = "rewrite_rules.v2"  # prompts/<name>.yaml
 
 
 class OcrConfig(_Strict):
@@ -133,9 +133,12 @@ class AnnotationConfig(_Strict):
 
 class DedupConfig(_Strict):
     enabled: bool = True  # same image content + same normalised question: processed once
-    benchmark_questions: Path | None = None  # .txt (one per line), .jsonl/.json with "question"
+    # .txt (one per line), .jsonl/.json with "question" and optional "image" / "image_sha256"
+    # (rule in pipeline/dedup.py: short overlaps need the same image, long ones suffice alone)
+    benchmark_questions: Path | None = None
     ngram: int = Field(8, ge=1)
     threshold: float = Field(0.5, gt=0, le=1)
+    min_specific_words: int = Field(12, ge=1)  # consecutive shared words that reject without the image
 
 
 class ColumnMapping(_Strict):

@@ -18,6 +18,7 @@ from .prompts import PromptLibrary
 from .question import QuestionRenderer
 from .records import ChatResult, Sample
 from .rewrite import ModalityRewriter
+from .special_tokens import strip_special_tokens
 
 _LLM_REWRITE = re.compile(r"<reasoning>\s*(.*?)\s*</reasoning>", re.DOTALL)
 _VERDICT = re.compile(r"VERDICT:\s*(VALID|INVALID)", re.IGNORECASE)
@@ -95,20 +96,23 @@ class QualityGate:
         return self.rewrite_stats.record(await self._rewrite(sample, trace))
 
     async def _rewrite(self, sample: Sample, trace: Trace) -> str | Drop:
-        text = trace.reasoning
+        # Special tokens never reach the LLM-rewrite prompt nor the kept reasoning.
+        text = strip_special_tokens(trace.reasoning)
         if self.rewrite_tpl is not None:
             res = await self.vlm.chat([{"role": "user", "content": self.rewrite_tpl.render(reasoning=text)}],
                                       stage="rewrite", priority=0, order=sample.index)
             m = _LLM_REWRITE.search(res.content)
             if res.finish_reason == "length" or not m:
                 return Drop("rewrite_failed", f"LLM rewrite unusable (finish_reason={res.finish_reason})")
-            text = m.group(1)
+            text = strip_special_tokens(m.group(1))
             leak = self.hint_leak.filter(Trace(**{**trace.__dict__, "reasoning": text}))
             if isinstance(leak, Drop):
                 return leak
         if self.rewriter is not None:
-            rewritten = self.rewriter.rewrite(text)
-            if (residue := self.rewriter.residue_in(rewritten)) is not None:
+            # Words the question and options use ("Which best describes...") are not references.
+            options = [o.text for o in sample.options]
+            rewritten = self.rewriter.rewrite(text, trace.question, options)
+            if (residue := self.rewriter.residue_in(rewritten, trace.question, options)) is not None:
                 return Drop("rewrite_residue", f"still refers to the description: {residue!r}")
             if (artifact := self.rewriter.new_artifact(trace.reasoning, rewritten)) is not None:
                 return Drop("rewrite_artifact", f"rewrite produced {artifact!r}")
@@ -118,7 +122,8 @@ class QualityGate:
     async def judge(self, sample: Sample, description: str, reasoning: str) -> tuple[str, str]:
         assert self.judge_client is not None and self.judge_tpl is not None
         prompt = self.judge_tpl.render(question=self.question.prompt(sample), answer=sample.answer,
-                                       description=description, reasoning=reasoning)
+                                       description=strip_special_tokens(description),
+                                       reasoning=strip_special_tokens(reasoning))
         res = await self.judge_client.chat([{"role": "user", "content": prompt}], stage="judge", priority=0,
                                            order=sample.index)
         m = _VERDICT.search(res.content)

@@ -23,7 +23,7 @@ from . import __version__
 from .client import EndpointCheckFailed, ModelClient
 from .config import ConvertConfig
 from .counters import RunCounters
-from .dedup import Decontaminator, Deduplicator, file_hashes, load_benchmark_questions
+from .dedup import Decontaminator, Deduplicator, file_hashes, load_benchmark
 from .filters import Drop
 from .images import ImageError, load_images, relative_to_out
 from .quality import Choice, QualityGate
@@ -114,8 +114,8 @@ class Converter:
             stages = Stages(cfg, vlm, reasoner, prompts)
             self.gate = QualityGate(cfg, prompts, vlm, judge)
             self.dedup = Deduplicator() if cfg.dedup.enabled else None
-            self.decontam = (Decontaminator(load_benchmark_questions(cfg.dedup.benchmark_questions),
-                                            cfg.dedup.ngram, cfg.dedup.threshold)
+            self.decontam = (Decontaminator(load_benchmark(cfg.dedup.benchmark_questions),
+                                            cfg.dedup.ngram, cfg.dedup.threshold, cfg.dedup.min_specific_words)
                              if cfg.dedup.benchmark_questions else None)
             results = ResultTable(self.out / ".state" / "outcomes.sqlite")
             # spawn: forking a process that runs an event loop and SQLite handles is unsafe.
@@ -176,11 +176,14 @@ class Converter:
 
     async def _screen(self, sample: Sample) -> Rejected | None:
         """Duplicates and benchmark contamination, decided in input order (stable under resume)."""
-        if self.decontam is not None and sample.question and (hit := self.decontam.check(sample.question)):
-            return Rejected.of(sample, "dedup", "contaminated", hit)
-        if self.dedup is not None and sample.images and sample.question:
+        hashes = None
+        if (self.dedup is not None or self.decontam is not None) and sample.images and sample.question:
             assert self.cfg.image_root is not None
             hashes = await asyncio.to_thread(file_hashes, Path(self.cfg.image_root), sample.images)
+        # A benchmark's short generic question only counts together with its image (see dedup.py).
+        if self.decontam is not None and sample.question and (hit := self.decontam.check(sample.question, hashes or [])):
+            return Rejected.of(sample, "dedup", "contaminated", hit)
+        if self.dedup is not None and sample.images and sample.question:
             if hashes is not None and (first := self.dedup.check(sample.id, hashes, sample.question)):
                 return Rejected.of(sample, "dedup", "duplicate", f"same image and question as {first}")
         return None

@@ -20,6 +20,7 @@ from .images import EncodedImage
 from .prompts import PromptLibrary, PromptTemplate
 from .question import QuestionRenderer
 from .records import ChatResult, Sample
+from .special_tokens import strip_special_tokens
 
 STAGES = ("pseudo_cot", "description", "reasoning")
 # Later stages first: a free slot goes to the sample closest to done.
@@ -92,6 +93,9 @@ class Stages:
             _vlm_messages(images, text), stage=stage, priority=PRIORITY[stage], order=sample.index,
             image_hashes={im.data_url: im.sent_sha256 for im in images},
         )
+        # The VLM's text is carried into the next prompt (pseudo-CoT -> description -> reasoning,
+        # previous description -> no-leak retry): its special tokens would break a real server.
+        result.content = strip_special_tokens(result.content)
         return self._accept(stage, result)
 
     async def run(self, sample: Sample, images: list[EncodedImage],

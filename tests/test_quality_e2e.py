@@ -160,8 +160,10 @@ def test_duplicates_and_contaminated_rows_are_rejected_before_any_model_call(tmp
     input_path.write_text("".join(json.dumps(r) + "\n" for r in rows + [dup, copy, other]))
     bench = tmp_path / "bench.jsonl"
     question_4 = question_of(rows[4])
+    # A short question counts only with the same image (a path relative to the benchmark file).
+    image_4 = (image_root / rows[4]["image"]).relative_to(tmp_path)
     bench.write_text(json.dumps({"question": "Unrelated benchmark question about a bridge and a river?"}) + "\n"
-                     + json.dumps({"question": question_4.lower() + " Answer briefly."}) + "\n")
+                     + json.dumps({"question": question_4.lower() + " Answer briefly.", "image": str(image_4)}) + "\n")
     vlm, reasoner = start_sims()
     try:
         m, _, rejects = run(input_path, image_root, tmp_path / "out", vlm, reasoner,
