@@ -305,6 +305,7 @@ def test_sharegpt_rows_as_llama_factory_reads_them(tmp_path):
         {"messages": [{"role": "user", "content": ["<image>", "Q"]}, {"role": "assistant", "content": "A"}], "id": "parts"},
         row(("user", "Q without token"), ("assistant", "A"), images=["a.png"], id="notoken"),
         row(("user", "<image>Q1"), ("assistant", ""), ("user", "Q2"), ("assistant", "A2"), id="noctx"),
+        row(("user", "<image>Q"), ("assistant", "A"), images=[], id="tokens_no_images"),
     ]
     path = _write_jsonl(tmp_path / "d.jsonl", rows)
     items = {i.id: i for i in read_sharegpt(path, "d", m)}
@@ -321,6 +322,8 @@ def test_sharegpt_rows_as_llama_factory_reads_them(tmp_path):
     assert items["noctx"].answer == "" and isinstance(items["noctx"], Sample)  # rejected later as missing_answer
     assert (items["two"].images, items["two"].turn_images) == (["a.png", "b.png"], 2)
     assert (items["notoken"].images, items["notoken"].turn_images) == (["a.png"], 1)
+    # No images at all is the runner's `no_image` reject, not a token mismatch.
+    assert (items["tokens_no_images"].images, items["tokens_no_images"].turn_images) == ([], 0)
     # The same rows as a JSON array (streamed with ijson) read identically.
     arr = tmp_path / "d.json"
     arr.write_text(json.dumps(rows))
@@ -491,8 +494,10 @@ def test_wrong_column_names_fail_before_any_request(tmp_path):
         with pytest.raises(ValueError, match=r"column\(s\) 'question' not in .*columns there: qid, img, q, a"):
             Converter(cfg)  # raises in the constructor: before the endpoint check, before any request
     # The default id column may be absent (positional ids); an explicitly named one may not.
-    check_input(ConvertConfig(source_format="jsonl", input=jl, image_root=tmp_path,
-                              columns={"image": "img", "question": "q", "answer": "a"}))
+    ok = ConvertConfig(source_format="jsonl", input=jl, image_root=tmp_path,
+                       columns={"image": "img", "question": "q", "answer": "a"})
+    check_input(ok)
+    check_input(ConvertConfig.model_validate(ok.model_dump(mode="json")))  # as build.py re-validates shard configs
     with pytest.raises(ValueError, match="'uid'"):
         check_input(ConvertConfig(source_format="jsonl", input=jl, image_root=tmp_path,
                                   columns={"id": "uid", "image": "img", "question": "q", "answer": "a"}))

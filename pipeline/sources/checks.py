@@ -20,10 +20,13 @@ PEEK_ROWS = 100  # rows of a JSON file whose keys stand for its columns
 
 
 def _required_columns(cols: ColumnMapping) -> list[str]:
-    # id and options are optional unless named explicitly: the default id="id" must not fail a set without ids.
-    explicit = cols.model_fields_set
+    # id is optional unless renamed: a set without an "id" column gets positional ids. (Compared with the default
+    # rather than model_fields_set, which a dump/validate round trip, as build.py does, would fill.)
     names = [cols.image, cols.question, cols.answer]
-    names += [c for key, c in (("id", cols.id), ("options", cols.options)) if c and key in explicit]
+    if cols.id and cols.id != ColumnMapping.model_fields["id"].default:
+        names.append(cols.id)
+    if cols.options:
+        names.append(cols.options)
     return names
 
 

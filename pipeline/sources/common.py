@@ -147,7 +147,9 @@ def row_samples(base: str, source: str, images: list[str], pairs: list[tuple[str
             yield reject_row(base, source, "malformed_row", f"turn pair {turn} is {kinds}, not text")
             return
     tokens = [count_image_tokens(q) for q, _ in pairs]
-    if sum(tokens) == 0:
+    if not images:
+        tokens = [0] * len(pairs)  # a row without images is a `no_image` reject later, whatever its tokens say
+    elif sum(tokens) == 0:
         tokens[0] = len(images)
     elif sum(tokens) != len(images):
         yield reject_row(base, source, "image_token_mismatch",
