@@ -425,7 +425,7 @@ def test_hf_saved_folder_hub_layout_glob_and_parquet_structs(tmp_path):
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
         "  - split: validation\n    path: data/validation-*\n---\n")
     for spec, split in [(tmp_path / "disk", "train"), (tmp_path / "dict", "train"), (tmp_path / "hub", "train"),
-                        (tmp_path / "hub" / "data" / "train-*.parquet", "train")]:
+                        (tmp_path / "hub" / "data" / "train-*.parquet", "train"), (tmp_path / "disk" / "*.arrow", "train")]:
         out = tmp_path / f"out_{len(list(tmp_path.iterdir()))}"
         items = list(read_hf(str(spec), "set", cols, out, split))
         assert [s.id for s in items] == ["r1", "r2", "r3"], spec
@@ -582,3 +582,35 @@ def conclusion_of(row):
     from pipeline.sources.llava_cot import conclusion
 
     return conclusion(row["conversations"][1]["value"])
+
+
+def test_planning_pass_names_embedded_images_without_writing(tmp_path):
+    datasets.Dataset.from_dict(_embedded_rows(), features=FEATURES).save_to_disk(tmp_path / "disk")
+    cfg = ConvertConfig(source_format="hf", input=tmp_path / "disk", out=tmp_path / "out")
+    planned = [s.images for s in iter_items(cfg, write_images=False)]
+    assert not (tmp_path / "out").exists()
+    assert [s.images for s in iter_items(cfg)] == planned and len(_images_in(tmp_path / "out")) == 2
+
+
+def test_cli_reads_mllm_demo_through_dataset_info(tmp_path, sims):
+    """The CLI flags --dataset-info/--dataset/--multi-turn reach the reader; every item ends kept or rejected."""
+    from .conftest import R1_MODEL, VLM_MODEL, run_cli
+
+    vlm, reasoner = sims
+    data = tmp_path / "lf"
+    shutil.copytree(LF, data)
+    out = tmp_path / "out"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("reasoner: {max_backoff_s: 0.2}\nvlm: {max_backoff_s: 0.2}\n")
+    proc = run_cli(["convert", "--config", str(cfg), "--dataset-info", str(data / "dataset_info.json"),
+                    "--dataset", "mllm_demo", "--multi-turn", "first", "--out", str(out),
+                    "--vlm-url", vlm.url, "--vlm-model", VLM_MODEL, "--reasoner-url", reasoner.url,
+                    "--reasoner-model", R1_MODEL, "--no-progress"])
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["read"] == 6  # first turns only
+    assert manifest["counts"]["kept"] + manifest["counts"]["rejected"] == 6
+    for line in (out / "vision_r1_cold.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        images = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+        assert all((out / im).resolve().is_file() for im in images)

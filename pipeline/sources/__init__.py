@@ -39,25 +39,28 @@ def _nul_field(s: Sample) -> str | None:
     return next((name for name, text in fields if "\x00" in text), None)
 
 
-def _raw_items(cfg: ConvertConfig) -> Iterator[Sample | Rejected]:
+def _raw_items(cfg: ConvertConfig, write_images: bool) -> Iterator[Sample | Rejected]:
     assert cfg.input is not None
     path = Path(cfg.input)
     source = cfg.source_name or path.stem
     fmt = cfg.source_format
     if fmt == "jsonl":
-        return read_jsonl_mapped(path, source, cfg.columns, cfg.out)
+        return read_jsonl_mapped(path, source, cfg.columns, cfg.out, write_images)
     if fmt == "parquet":
-        return read_parquet_mapped(path, source, cfg.columns, cfg.out)
+        return read_parquet_mapped(path, source, cfg.columns, cfg.out, write_images)
     if fmt == "hf":
-        return read_hf(str(cfg.input), source, cfg.columns, cfg.out, cfg.split)
+        return read_hf(str(cfg.input), source, cfg.columns, cfg.out, cfg.split, write_images=write_images)
     if fmt == "sharegpt":
-        return read_sharegpt(path, source, cfg.sharegpt, cfg.out, cfg.answer_regex, cfg.multi_turn)
+        return read_sharegpt(path, source, cfg.sharegpt, cfg.out, cfg.answer_regex, cfg.multi_turn, write_images)
     return READERS[fmt](path, source, cfg.multi_turn)
 
 
-def iter_items(cfg: ConvertConfig) -> Iterator[Sample | Rejected]:
-    """Every item of the input with its stream index, before slicing and sampling."""
-    for index, item in enumerate(_raw_items(cfg)):
+def iter_items(cfg: ConvertConfig, write_images: bool = True) -> Iterator[Sample | Rejected]:
+    """Every item of the input with its stream index, before slicing and sampling.
+
+    write_images=False names embedded images without writing them (for a build's planning pass).
+    """
+    for index, item in enumerate(_raw_items(cfg, write_images)):
         if isinstance(item, Sample) and (field := _nul_field(item)):
             item = Rejected(index=index, id=item.id, source=item.source, stage="read", reason="malformed_row",
                             detail=f"NUL byte in the {field}")

@@ -39,15 +39,15 @@ def from_row(row: dict[str, Any], fallback_id: str, source: str, cols: ColumnMap
 
 
 def read_jsonl_mapped(path: Path, source: str, cols: ColumnMapping,
-                      out_dir: Path | None = None) -> Iterator[Sample | Rejected]:
-    sink = ImageSink(out_dir)
+                      out_dir: Path | None = None, write_images: bool = True) -> Iterator[Sample | Rejected]:
+    sink = ImageSink(out_dir, write_images)
     for lineno, row in iter_jsonl(path, source):
         yield row if isinstance(row, Rejected) else from_row(row, f"{source}:line{lineno}", source, cols, sink)
 
 
 def read_parquet_mapped(path: Path, source: str, cols: ColumnMapping,
-                        out_dir: Path | None = None) -> Iterator[Sample | Rejected]:
-    sink = ImageSink(out_dir)
+                        out_dir: Path | None = None, write_images: bool = True) -> Iterator[Sample | Rejected]:
+    sink = ImageSink(out_dir, write_images)
     pf = pq.ParquetFile(path)
     present = [c for c in mapped_columns(cols) if c in pf.schema_arrow.names]
     position = 0

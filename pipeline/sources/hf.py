@@ -87,12 +87,12 @@ def row_count(ds: Any, split: str) -> int | None:
 
 
 def read_hf(spec: str, source: str, cols: ColumnMapping, out_dir: Path | None, split: str = "train",
-            ds: Any = None) -> Iterator[Sample | Rejected]:
+            ds: Any = None, write_images: bool = True) -> Iterator[Sample | Rejected]:
     ds = open_hf(spec, split) if ds is None else ds
     present = set(column_names(ds))
     wanted = [c for c in (cols.id, cols.image, cols.question, cols.answer, cols.options) if c and c in present]
     ds = ds.select_columns(wanted)  # only the mapped columns are read from disk
-    sink = ImageSink(out_dir)
+    sink = ImageSink(out_dir, write_images)
     position = 0
     for table in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):
         for row in table.to_pylist():

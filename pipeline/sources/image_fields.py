@@ -9,6 +9,7 @@ per-row error with a reason, never a crash.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,9 @@ def image_ext(data: bytes) -> str:
 class ImageSink:
     """Turns image field values into path strings; embedded bytes go to `<out>/images/<sha256>.<ext>`."""
 
-    def __init__(self, out_dir: Path | None):
+    def __init__(self, out_dir: Path | None, write: bool = True):
         self.directory = images_dir(Path(out_dir)).resolve() if out_dir is not None else None
+        self.write = write  # False: name the file it would be (planning a build reads ids, writes nothing)
         self.written = 0  # embedded images seen (a file reused from an earlier run counts too)
 
     def paths(self, value: Any, field: str = "image") -> list[str]:
@@ -87,6 +89,9 @@ class ImageSink:
             raise RowError("bad_image_field", f"{field!r} holds embedded bytes but no output folder is set")
         if not data:
             raise RowError("image_empty", f"{field!r}: embedded image with 0 bytes")
-        path = write_content_addressed(data, self.directory, image_ext(data))
+        ext = image_ext(data)
+        if not self.write:
+            return str(self.directory / f"{hashlib.sha256(data).hexdigest()}.{ext}")
+        path = write_content_addressed(data, self.directory, ext)
         self.written += 1
         return str(path)

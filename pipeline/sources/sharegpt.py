@@ -51,8 +51,9 @@ def _pairs(messages: list[Any], m: ShareGptMapping) -> tuple[str, list[tuple[str
 
 
 def read_sharegpt(path: Path, source: str, mapping: ShareGptMapping, out_dir: Path | None = None,
-                  answer_regex: str | None = None, multi_turn: str = "all") -> Iterator[Sample | Rejected]:
-    sink = ImageSink(out_dir)
+                  answer_regex: str | None = None, multi_turn: str = "all",
+                  write_images: bool = True) -> Iterator[Sample | Rejected]:
+    sink = ImageSink(out_dir, write_images)
     regex = re.compile(answer_regex) if answer_regex else None
     for position, row in iter_rows(path, source):
         if isinstance(row, Rejected):
