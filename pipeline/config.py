@@ -6,6 +6,7 @@ Secrets never live here: API keys are read from the environment variables named 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -231,8 +232,6 @@ class ConvertConfig(_Strict):
             # Enough samples that both endpoints stay saturated while others wait between stages.
             self.max_in_flight = 2 * (self.vlm.max_concurrency + self.reasoner.max_concurrency)
         if self.answer_regex is not None:
-            import re
-
             try:
                 re.compile(self.answer_regex)
             except re.error as exc:

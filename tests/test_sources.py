@@ -1,17 +1,31 @@
 """Source readers: formats, per-row errors, multi-turn, streaming."""
 
+import asyncio
+import hashlib
+import io
 import json
+import os
+import re
+import shutil
 import tracemalloc
+from pathlib import Path
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from PIL import Image
 
-from pipeline.config import ColumnMapping, ConvertConfig
-from pipeline.records import Rejected, Sample
-from pipeline.sources import open_source
+from pipeline.config import ColumnMapping, ConvertConfig, ShareGptMapping
+from pipeline.records import Rejected, Sample, Turn
+from pipeline.runner import Converter
+from pipeline.sources import check_input, iter_items, open_source
+from pipeline.sources.answers import gold_answer
 from pipeline.sources.generic import read_jsonl_mapped, read_parquet_mapped
+from pipeline.sources.hf import read_hf
 from pipeline.sources.llava_cot import read_llava_cot
 from pipeline.sources.mulberry import read_mulberry
+from pipeline.sources.sharegpt import read_sharegpt
 
 LLAVA_GPT = ("<SUMMARY>I will count.</SUMMARY> <CAPTION>Two cats.</CAPTION> <REASONING>One, two.</REASONING> "
              "<CONCLUSION>B</CONCLUSION>")
@@ -122,23 +136,7 @@ def test_readers_stream_a_300k_row_file(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # Real files and real shapes (tests/fixtures/*/PROVENANCE, tests/fixtures/realshape/README.md)
 
-import asyncio  # noqa: E402
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-import datasets  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from pipeline.config import ShareGptMapping  # noqa: E402
-from pipeline.records import Turn  # noqa: E402
-from pipeline.sources import check_input, iter_items  # noqa: E402
-from pipeline.sources.answers import gold_answer  # noqa: E402
-from pipeline.sources.hf import read_hf  # noqa: E402
-from pipeline.sources.sharegpt import read_sharegpt  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LF = FIXTURES / "llama_factory"
@@ -172,9 +170,11 @@ def test_mllm_demo_read_through_its_own_dataset_info_entry(tmp_path):
                                    turn_images=1)]
     # A follow-up without its own <image> still carries the image of its context turn.
     muller = items[3]
-    assert (muller.question, muller.images, muller.turn_images) == ("Why is he on the ground?", ["mllm_demo_data/2.jpg"], 0)
+    assert (muller.question, muller.images, muller.turn_images) == (
+        "Why is he on the ground?", ["mllm_demo_data/2.jpg"], 0)
     assert muller.context[0].question == "Who is he?"
-    assert items[6].question == "他们是谁？" and items[7].context[0].answer == "他们是拜仁慕尼黑的凯恩和格雷茨卡。"
+    assert items[6].question == "他们是谁？"
+    assert items[7].context[0].answer == "他们是拜仁慕尼黑的凯恩和格雷茨卡。"
     for s in items:  # every path resolves from the dataset_dir, as LLaMA-Factory's media_dir does
         assert s.images and all((cfg.image_root / p).is_file() for p in s.images)
         assert sum(t.turn_images for t in s.context) + s.turn_images == len(s.images)
@@ -189,7 +189,8 @@ MULBERRY_EXPECTED = [
      "C: 123\nD: 133", [("A", "57"), ("B", "113"), ("C", "123"), ("D", "133")], "C",
      ["geo3k/train/567/img_diagram.png"]),
     ("Based on the image, directly select the correct answer for the following question:\nQuestion: Find m \\angle 2."
-     "\nChoices:\nA: 29°\nB: 32°\nC: 58°\nD: 122°", [("A", "29°"), ("B", "32°"), ("C", "58°"), ("D", "122°")], "58°",
+     "\nChoices:\nA: 29°\nB: 32°\nC: 58°\nD: 122°",
+     [("A", "29°"), ("B", "32°"), ("C", "58°"), ("D", "122°")], "58°",
      ["geo3k/train/1092/img_diagram.png"]),
     ("Based on the image, directly select the correct answer for the following question:\nQuestion: Find x.\nChoices:"
      "\nA: 30\nB: 45\nC: 60\nD: 90", [("A", "30"), ("B", "45"), ("C", "60"), ("D", "90")], "B: 45",
@@ -277,7 +278,6 @@ def test_published_llava_cot_readme_examples():
     ("   ", None, None),
 ])
 def test_gold_answer_forms(text, regex, expected):
-    import re
     assert gold_answer(text, re.compile(regex) if regex else None) == expected
 
 
@@ -302,7 +302,8 @@ def test_sharegpt_rows_as_llama_factory_reads_them(tmp_path):
         row(("user", "<image>Q"), ("function_call", "{}"), id="tool"),
         row(("user", "<image>Q"), ("assistant", "A"), images=["a.png", "b.png"], id="mismatch"),
         row(("user", "<image><image>Compare."), ("assistant", "Left."), images=["a.png", "b.png"], id="two"),
-        {"messages": [{"role": "user", "content": ["<image>", "Q"]}, {"role": "assistant", "content": "A"}], "id": "parts"},
+        {"messages": [{"role": "user", "content": ["<image>", "Q"]}, {"role": "assistant", "content": "A"}],
+         "id": "parts"},
         row(("user", "Q without token"), ("assistant", "A"), images=["a.png"], id="notoken"),
         row(("user", "<image>Q1"), ("assistant", ""), ("user", "Q2"), ("assistant", "A2"), id="noctx"),
         row(("user", "<image>Q"), ("assistant", "A"), images=[], id="tokens_no_images"),
@@ -332,17 +333,18 @@ def test_sharegpt_rows_as_llama_factory_reads_them(tmp_path):
 
 def test_dataset_info_errors_fail_the_config(tmp_path):
     info = tmp_path / "dataset_info.json"
-    info.write_text(json.dumps({"a": {"file_name": "a.json"}, "hub": {"hf_hub_url": "org/set", "formatting": "sharegpt"},
-                                "nomsg": {"file_name": "b.json", "formatting": "sharegpt", "columns": {"images": "images"}}}))
-    for name, needle in [("zzz", "entries: a, hub, nomsg"), ("a", "'alpaca'"), ("hub", "--source-format hf --input org/set"),
-                         ("nomsg", "messages")]:
+    info.write_text(json.dumps({
+        "a": {"file_name": "a.json"},
+        "hub": {"hf_hub_url": "org/set", "formatting": "sharegpt"},
+        "nomsg": {"file_name": "b.json", "formatting": "sharegpt", "columns": {"images": "images"}}}))
+    for name, needle in [("zzz", "entries: a, hub, nomsg"), ("a", "'alpaca'"),
+                         ("hub", "--source-format hf --input org/set"), ("nomsg", "messages")]:
         with pytest.raises(ValueError, match=re.escape(needle)):
             ConvertConfig(dataset_info=info, dataset=name)
     with pytest.raises(ValueError, match="answer_regex"):
         ConvertConfig(answer_regex="(unclosed")
 
 
-import re  # noqa: E402
 
 
 def test_malformed_rows_are_per_row_rejects(tmp_path, sims):
@@ -374,19 +376,20 @@ def test_malformed_rows_are_per_row_rejects(tmp_path, sims):
     manifest = asyncio.run(Converter(cfg).run())
     assert manifest["counts"]["read"] == 9
     assert manifest["counts"]["kept"] + manifest["counts"]["rejected"] == 9
-    rejects = {r["id"]: (r["stage"], r["reason"], r["detail"]) for r in map(json.loads, (cfg.out / "rejects.jsonl").open())}
+    rejects = {r["id"]: (r["stage"], r["reason"], r["detail"])
+               for r in map(json.loads, (cfg.out / "rejects.jsonl").open())}
     assert rejects["d:line2"][:2] == ("read", "malformed_row") and "not valid UTF-8 (byte 0xe9" in rejects["d:line2"][2]
     assert rejects["nul_path"][:2] == ("read", "bad_image_field") and "NUL" in rejects["nul_path"][2]
     assert rejects["nul_question"] == ("read", "malformed_row", "NUL byte in the question")
     assert rejects["d:line5"] == ("read", "malformed_row", "line 5: a JSON list, not an object")
     assert rejects["number"][:2] == ("read", "bad_image_field") and "holds a int" in rejects["number"][2]
-    assert rejects["dict"][:2] == ("read", "bad_image_field") and "neither bytes nor a path (keys: src)" in rejects["dict"][2]
+    assert rejects["dict"][:2] == ("read", "bad_image_field")
+    assert "neither bytes nor a path (keys: src)" in rejects["dict"][2]
     assert rejects["nested"][:2] == ("read", "bad_image_field")
     assert all(rejects[k][0] != "read" for k in {"good", "good2"} & set(rejects))  # good rows reach the models
     assert len(rejects) == 9 - manifest["counts"]["kept"]
 
 
-from pipeline.runner import Converter  # noqa: E402
 
 
 def _png(color, size=(24, 24)) -> bytes:
@@ -425,7 +428,8 @@ def test_hf_saved_folder_hub_layout_glob_and_parquet_structs(tmp_path):
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
         "  - split: validation\n    path: data/validation-*\n---\n")
     for spec, split in [(tmp_path / "disk", "train"), (tmp_path / "dict", "train"), (tmp_path / "hub", "train"),
-                        (tmp_path / "hub" / "data" / "train-*.parquet", "train"), (tmp_path / "disk" / "*.arrow", "train")]:
+                        (tmp_path / "hub" / "data" / "train-*.parquet", "train"),
+                        (tmp_path / "disk" / "*.arrow", "train")]:
         out = tmp_path / f"out_{len(list(tmp_path.iterdir()))}"
         items = list(read_hf(str(spec), "set", cols, out, split))
         assert [s.id for s in items] == ["r1", "r2", "r3"], spec
@@ -441,16 +445,16 @@ def test_hf_saved_folder_hub_layout_glob_and_parquet_structs(tmp_path):
     # 3. the plain parquet format reads Image structs too (it used to fail with "File name too long")
     out = tmp_path / "out_parquet"
     pitems = list(read_parquet_mapped(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet", "p", cols, out))
-    assert [Path(s.images[0]).name for s in pitems] == [f"{red_sha}.png", f"{hashlib.sha256(_png('blue')).hexdigest()}.png",
-                                                        f"{red_sha}.png"]
+    blue_sha = hashlib.sha256(_png("blue")).hexdigest()
+    assert [Path(s.images[0]).name for s in pitems] == [f"{red_sha}.png", f"{blue_sha}.png", f"{red_sha}.png"]
 
 
 def test_hf_lists_of_images_and_path_strings(tmp_path):
     feats = datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string"),
                                "images": datasets.Sequence(datasets.Image()), "path": datasets.Value("string")})
     ds = datasets.Dataset.from_dict({"question": ["<image><image>Compare.", "One?"], "answer": ["left", "1"],
-                                     "images": [[{"bytes": _png("red"), "path": None}, {"bytes": _png("green"), "path": None}],
-                                                []],
+                                     "images": [[{"bytes": _png("red"), "path": None},
+                                                 {"bytes": _png("green"), "path": None}], []],
                                      "path": ["x/1.png", "x/2.png"]}, features=feats)
     ds.save_to_disk(tmp_path / "disk")
     out = tmp_path / "out"
@@ -471,7 +475,8 @@ def test_hf_bad_image_values_are_rejects(tmp_path):
     from pipeline.sources.image_fields import ImageSink, RowError
 
     sink = ImageSink(tmp_path / "out")
-    for value, reason in [({"bytes": b"not an image", "path": None}, "image_corrupt"), ({"bytes": b"", "path": None}, "image_empty"),
+    for value, reason in [({"bytes": b"not an image", "path": None}, "image_corrupt"),
+                          ({"bytes": b"", "path": None}, "image_empty"),
                           ({"bytes": None, "path": None}, "bad_image_field"), (3.5, "bad_image_field"),
                           ({"bytes": "aGVsbG8=", "path": None}, "bad_image_field")]:
         with pytest.raises(RowError) as exc:
@@ -504,6 +509,10 @@ def test_wrong_column_names_fail_before_any_request(tmp_path):
     sg = _write_jsonl(tmp_path / "s.jsonl", [{"messages": [], "images": []}])
     with pytest.raises(ValueError, match="'conversations' not in .*columns there: messages, images"):
         check_input(ConvertConfig(source_format="sharegpt", input=sg))
+    with pytest.raises(ValueError, match="set sharegpt.images: images"):  # would silently read no image at all
+        check_input(ConvertConfig(source_format="sharegpt", input=sg, sharegpt={"messages": "messages"}))
+    check_input(ConvertConfig(source_format="sharegpt", input=sg,
+                              sharegpt={"messages": "messages", "images": "images"}))
 
 
 def test_cli_wrong_column_exits_2_naming_the_columns(tmp_path):
@@ -556,7 +565,8 @@ def test_hf_and_parquet_structs_convert_end_to_end(tmp_path, sims):
         cfg = ConvertConfig(source_format=fmt, input=inp, out=out,
                             image_root=tmp_path / "work",  # the images land in <out>/images, inside this root
                             vlm={"url": vlm.url, "model": "sim-qwen2.5-vl", "max_concurrency": 4},
-                            reasoner={"url": reasoner.url, "model": "sim-r1", "max_concurrency": 4, "max_backoff_s": 0.2},
+                            reasoner={"url": reasoner.url, "model": "sim-r1", "max_concurrency": 4,
+                                      "max_backoff_s": 0.2},
                             progress=False)
         manifest = asyncio.run(Converter(cfg).run())
         assert manifest["counts"]["read"] == 6 and manifest["counts"]["kept"] >= 3

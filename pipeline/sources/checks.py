@@ -84,7 +84,8 @@ def check_input(cfg: ConvertConfig) -> None:
             _need_root(cfg, str(cfg.input))
         return
     if not path.is_file():
-        raise ValueError(f"input {path} is not a file" + (" (a folder: use --source-format hf)" if path.is_dir() else ""))
+        hint = " (a folder: use --source-format hf)" if path.is_dir() else ""
+        raise ValueError(f"input {path} is not a file{hint}")
     source = cfg.source_name or path.stem
     if fmt == "parquet":
         try:
@@ -105,6 +106,10 @@ def check_input(cfg: ConvertConfig) -> None:
         _fail_missing([c for c in wanted if c != m.system], keys, f"the first rows of {path}")
         if m.images:
             _need_root(cfg, str(path))
+        elif found := [k for k in ("images", "image") if k in keys]:
+            # LLaMA-Factory's default is no images column; reading such a file that way would drop every image.
+            raise ValueError(f"the rows of {path} have an {found[0]!r} key but no images column is configured: "
+                             f"set sharegpt.images: {found[0]} (or read it through --dataset-info)")
     else:
         _need_root(cfg, str(path))
 

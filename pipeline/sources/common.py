@@ -10,7 +10,7 @@ from typing import Any
 
 from ..records import Option, Rejected, Sample, Turn
 from ..verify.options import parse_options
-from .image_fields import ImageSink, RowError
+from .image_fields import ImageSink
 
 _IMAGE_TOKEN = re.compile(r"<image>\s*")
 

@@ -53,7 +53,8 @@ def sharegpt_mapping(entry: dict[str, Any], defaults: dict[str, Any]) -> dict[st
                 mapping[key] = entry[group].get(key)
     missing = [k for k in _REQUIRED if not mapping.get(k)]
     if missing:
-        raise ValueError(f"the dataset_info entry leaves {', '.join(missing)} unset (LLaMA-Factory cannot read it either)")
+        raise ValueError(f"the dataset_info entry leaves {', '.join(missing)} unset "
+                         "(LLaMA-Factory cannot read it either)")
     return mapping
 
 

@@ -54,7 +54,8 @@ def open_hf(spec: str, split: str = "train") -> Any:
         if files:
             kinds = {_BUILDERS.get(Path(f).suffix.lower()) for f in files}
             if len(kinds) != 1 or None in kinds:
-                raise ValueError(f"{spec}: expected .parquet or .arrow files only, got {sorted({Path(f).suffix for f in files})}")
+                suffixes = sorted({Path(f).suffix for f in files})
+                raise ValueError(f"{spec}: expected .parquet or .arrow files only, got {suffixes}")
             return datasets.load_dataset(kinds.pop(), data_files=files, split="train", streaming=True)
         if any(ch in spec for ch in "*?["):
             raise ValueError(f"{spec}: the pattern matches no file")

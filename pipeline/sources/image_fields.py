@@ -79,7 +79,8 @@ class ImageSink:
             if isinstance(path, str) and path.strip():
                 return self._one(path, field)
             keys = ", ".join(sorted(map(str, value))) or "none"
-            raise RowError("bad_image_field", f"{field!r}: an image object with neither bytes nor a path (keys: {keys})")
+            raise RowError("bad_image_field",
+                           f"{field!r}: an image object with neither bytes nor a path (keys: {keys})")
         raise RowError("bad_image_field",
                        f"{field!r} holds a {type(value).__name__} ({value!r:.40}); expected a path, a list of paths "
                        "or an image {bytes, path}")

@@ -37,7 +37,8 @@ def _pairs(messages: list[Any], m: ShareGptMapping) -> tuple[str, list[tuple[str
     for i, msg in enumerate(messages):
         role = msg.get(m.role_tag)
         if role in tools:
-            raise RowError("unsupported_row", f"turn {i} is a tool turn ({role!r}); only question/answer turns are read")
+            raise RowError("unsupported_row",
+                           f"turn {i} is a tool turn ({role!r}); only question/answer turns are read")
         if role != expected[i % 2]:
             raise RowError("malformed_row", f"turn {i} has role {role!r} where {expected[i % 2]!r} was expected "
                                             f"({m.role_tag!r} tags must alternate {expected[0]!r}/{expected[1]!r})")
