@@ -47,8 +47,10 @@ def _summary(manifest: dict[str, Any], out: Path) -> None:
 
 @app.command()
 def convert(
-    source_format: Optional[str] = typer.Option(None, "--source-format", help="llava-cot | mulberry | jsonl | parquet"),
-    input: Optional[Path] = typer.Option(None, "--input", help="The dataset file."),
+    source_format: Optional[str] = typer.Option(
+        None, "--source-format", help="llava-cot | mulberry | jsonl | parquet | hf | sharegpt"),
+    input: Optional[Path] = typer.Option(
+        None, "--input", help="The dataset file (hf: a datasets folder, Parquet/Arrow files or a glob, or a hub id)."),
     image_root: Optional[Path] = typer.Option(None, "--image-root", help="Images resolve inside this folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder."),
     vlm_url: Optional[str] = typer.Option(None, "--vlm-url"),
@@ -64,6 +66,14 @@ def convert(
     max_in_flight: Optional[int] = typer.Option(None, "--max-in-flight"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Response store (default <out>/.state/responses.sqlite)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+    split: Optional[str] = typer.Option(None, "--split", help="hf: the split to read (default train)."),
+    dataset_info: Optional[Path] = typer.Option(
+        None, "--dataset-info", help="sharegpt: a LLaMA-Factory dataset_info.json; its folder is the dataset_dir."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="sharegpt: the entry to read from --dataset-info."),
+    answer_regex: Optional[str] = typer.Option(
+        None, "--answer-regex", help="sharegpt: the answer is group 1 of the last match in the assistant turn."),
+    multi_turn: Optional[str] = typer.Option(
+        None, "--multi-turn", help="all (follow-ups with their earlier turns as context) | first"),
 ) -> None:
     """Convert one VQA dataset into a verified Vision-R1-cold style cold-start set."""
     overrides = {
@@ -72,6 +82,8 @@ def convert(
         "limit": limit, "source_name": source_name, "hint_answer": hint_answer,
         "vlm.max_concurrency": vlm_concurrency, "reasoner.max_concurrency": reasoner_concurrency,
         "max_in_flight": max_in_flight, "cache_path": cache, "progress": progress,
+        "split": split, "dataset_info": dataset_info, "dataset": dataset, "answer_regex": answer_regex,
+        "multi_turn": multi_turn,
     }
     try:
         cfg = load_config(config, {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})

@@ -6,13 +6,14 @@ Secrets never live here: API keys are read from the environment variables named 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SourceFormat = Literal["llava-cot", "mulberry", "jsonl", "parquet"]
+SourceFormat = Literal["llava-cot", "mulberry", "jsonl", "parquet", "hf", "sharegpt"]
 
 
 class _Strict(BaseModel):
@@ -151,6 +152,21 @@ class ColumnMapping(_Strict):
     options: str | None = None  # a list of option texts, or a {letter: text} mapping
 
 
+class ShareGptMapping(_Strict):
+    """LLaMA-Factory's sharegpt column and tag names, with its defaults (data/parser.py DatasetAttr)."""
+
+    messages: str = "conversations"
+    images: str | None = None
+    system: str | None = None
+    role_tag: str = "from"
+    content_tag: str = "value"
+    user_tag: str = "human"
+    assistant_tag: str = "gpt"
+    observation_tag: str | None = "observation"
+    function_tag: str | None = "function_call"
+    system_tag: str | None = "system"
+
+
 class ImageConfig(_Strict):
     max_pixels: int | None = 1280 * 28 * 28  # downscale before sending; None sends as is
     max_file_bytes: int = 50 * 1024 * 1024
@@ -186,6 +202,16 @@ class ConvertConfig(_Strict):
     row_stop: int | None = Field(None, ge=0)
     # Deterministic subsample: an item is used when a hash of (source, id) falls below this.
     sample_fraction: float = Field(1.0, gt=0, le=1)
+    # hf: the split of a hub id / hub-like folder (a save_to_disk folder of a DatasetDict picks it too).
+    split: str = "train"
+    # sharegpt: names as in the config, or read from a LLaMA-Factory dataset_info.json entry.
+    sharegpt: ShareGptMapping = Field(default_factory=ShareGptMapping)
+    dataset_info: Path | None = None  # LLaMA-Factory dataset_info.json; its folder is the dataset_dir
+    dataset: str | None = None  # the entry's name in dataset_info
+    # Ground truth from an assistant turn (sharegpt): group 1 (or the whole match) of the last match.
+    answer_regex: str | None = None
+    # Multi-turn rows: "all" = every question turn, follow-ups with the earlier turns as context.
+    multi_turn: Literal["all", "first"] = "all"
 
     vlm: VlmEndpointConfig = Field(default_factory=VlmEndpointConfig)
     reasoner: ReasonerEndpointConfig = Field(default_factory=ReasonerEndpointConfig)
@@ -209,6 +235,18 @@ class ConvertConfig(_Strict):
         if self.max_in_flight is None:
             # Enough samples that both endpoints stay saturated while others wait between stages.
             self.max_in_flight = 2 * (self.vlm.max_concurrency + self.reasoner.max_concurrency)
+        if self.answer_regex is not None:
+            try:
+                re.compile(self.answer_regex)
+            except re.error as exc:
+                raise ValueError(f"answer_regex {self.answer_regex!r} does not compile: {exc}") from None
+        if self.dataset_info is not None:
+            from .sources.dataset_info import apply_dataset_info
+
+            apply_dataset_info(self)
+        if self.source_format == "sharegpt" and self.image_root is None and self.input is not None:
+            # LLaMA-Factory resolves media paths from its dataset_dir, the data file's folder.
+            self.image_root = Path(self.input).parent
         return self
 
     @property
@@ -220,7 +258,8 @@ class ConvertConfig(_Strict):
             name
             for name, value in [
                 ("--input", self.input),
-                ("--image-root", self.image_root),
+                # hf/parquet images may be embedded: the input check asks for it where they are paths.
+                ("--image-root", self.image_root if self.source_format not in ("hf", "parquet") else "-"),
                 ("--vlm-url", self.vlm.endpoints),
                 ("--vlm-model", self.vlm.model),
                 ("--reasoner-url", self.reasoner.endpoints),

@@ -17,6 +17,8 @@ class Turn(BaseModel):
 
     question: str
     answer: str
+    # Images placed in this turn: its <image> tokens (a row without any token puts all its images in turn 0).
+    turn_images: int = 0
 
 
 class Sample(BaseModel):
@@ -31,6 +33,10 @@ class Sample(BaseModel):
     options: list[Option] = Field(default_factory=list)
     # Earlier turns of the same conversation (multi-turn rows), oldest first; empty for a first turn.
     context: list[Turn] = Field(default_factory=list)
+    # Images placed in this question's own turn (same rule as Turn.turn_images); the context turns' counts
+    # plus this one add up to len(images), which hold the images of the context turns first.
+    turn_images: int = 0
+    system: str = ""  # a sharegpt row's system prompt, as LLaMA-Factory reads it ("" when none)
 
 
 class Rejected(BaseModel):

@@ -31,7 +31,7 @@ from .progress import Progress
 from .prompts import PromptLibrary
 from .records import Kept, Rejected, Sample, Usage
 from .results import ResultTable
-from .sources import open_source
+from .sources import check_input, estimate_rows, open_source
 from .stages import STAGES, StageOutputs, StageRejected, Stages
 from .verify.compare import check_output
 from .writers import (JSONL_NAME, atomic_open, dataset_info, reject_row, vision_r1_record, write_json, write_jsonl,
@@ -60,6 +60,8 @@ def estimate_total(cfg: ConvertConfig) -> int | None:
                 total = sum(1 for line in fh if line.strip())
         elif cfg.source_format == "parquet":
             total = pq.ParquetFile(cfg.input).metadata.num_rows
+        elif cfg.source_format in ("hf", "sharegpt"):
+            total = estimate_rows(cfg)
     except OSError:
         return cfg.limit
     if cfg.limit is not None:
@@ -87,6 +89,7 @@ def gpt_turn(reasoning: str, answer: str) -> str:
 class Converter:
     def __init__(self, cfg: ConvertConfig, progress: bool | None = None):
         cfg.require_run_fields()
+        check_input(cfg)  # a wrong column name or an unreadable input fails here, before any request
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.counters = RunCounters()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..records import Rejected, Sample
 from .common import as_image_list, iter_jsonl, reject_row, row_samples, turn_pairs
+from .image_fields import RowError
 
 _CONCLUSION = re.compile(r"<CONCLUSION>(.*?)</CONCLUSION>", re.DOTALL | re.IGNORECASE)
 
@@ -17,7 +18,7 @@ def conclusion(text: str) -> str | None:
     return found[-1].strip() if found else None
 
 
-def read_llava_cot(path: Path, source: str) -> Iterator[Sample | Rejected]:
+def read_llava_cot(path: Path, source: str, multi_turn: str = "all") -> Iterator[Sample | Rejected]:
     for lineno, row in iter_jsonl(path, source):
         if isinstance(row, Rejected):
             yield row
@@ -27,6 +28,11 @@ def read_llava_cot(path: Path, source: str) -> Iterator[Sample | Rejected]:
         if not isinstance(convs, list) or not convs:
             yield reject_row(base, source, "malformed_row", "no conversations list")
             continue
-        images = as_image_list(row.get("image", row.get("images")))
+        try:
+            images = as_image_list(row.get("image", row.get("images")))
+        except RowError as exc:
+            yield reject_row(base, source, exc.reason, exc.detail)
+            continue
         pairs = turn_pairs(convs, "from", "value", "human", "gpt")
-        yield from row_samples(base, source, images, pairs, conclusion, no_pair_detail="no human/gpt turn pair")
+        yield from row_samples(base, source, images, pairs, conclusion, no_pair_detail="no human/gpt turn pair",
+                               multi_turn=multi_turn)

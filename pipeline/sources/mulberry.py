@@ -6,10 +6,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import ijson
-
 from ..records import Rejected, Sample
-from .common import as_image_list, reject_row, row_samples, turn_pairs
+from .common import as_image_list, iter_json_array, reject_row, row_samples, turn_pairs
+from .image_fields import RowError
 
 _QPREFIX = re.compile(r"^\s*Question\s*[:：]\s*", re.IGNORECASE)
 
@@ -26,26 +25,21 @@ def _clean_question(text: str) -> str:
     return _QPREFIX.sub("", text.replace("<image>", "").strip())
 
 
-def read_mulberry(path: Path, source: str) -> Iterator[Sample | Rejected]:
-    with open(path, "rb") as fh:
-        items = ijson.items(fh, "item", use_float=True)
-        position = 0
+def read_mulberry(path: Path, source: str, multi_turn: str = "all") -> Iterator[Sample | Rejected]:
+    for position, row in iter_json_array(path, source):
+        if isinstance(row, Rejected):
+            yield row
+            continue
+        base = str(row.get("id") or f"{source}:{position}")
+        msgs = row.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            yield reject_row(base, source, "malformed_row", "no messages list")
+            continue
         try:
-            for position, row in enumerate(items):
-                base = f"{source}:{position}"
-                if not isinstance(row, dict):
-                    yield reject_row(base, source, "malformed_row", f"item {position}: not an object")
-                    continue
-                base = str(row.get("id") or base)
-                msgs = row.get("messages")
-                if not isinstance(msgs, list) or not msgs:
-                    yield reject_row(base, source, "malformed_row", "no messages list")
-                    continue
-                images = as_image_list(row.get("images", row.get("image")))
-                pairs = turn_pairs(msgs, "role", "content", "user", "assistant")
-                yield from row_samples(base, source, images, pairs, final_answer, question_of=_clean_question,
-                                       no_pair_detail="no user/assistant turn pair")
-        except ijson.JSONError as exc:
-            # A broken array cannot be resynchronised; record where it broke so the count stays honest.
-            yield reject_row(f"{source}:after{position}", source, "malformed_input",
-                             f"JSON array unreadable after item {position}: {exc}")
+            images = as_image_list(row.get("images", row.get("image")))
+        except RowError as exc:
+            yield reject_row(base, source, exc.reason, exc.detail)
+            continue
+        pairs = turn_pairs(msgs, "role", "content", "user", "assistant")
+        yield from row_samples(base, source, images, pairs, final_answer, question_of=_clean_question,
+                               no_pair_detail="no user/assistant turn pair", multi_turn=multi_turn)
