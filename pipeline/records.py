@@ -91,6 +91,7 @@ class Kept(BaseModel):
     question: str  # as the model is asked it: with its options listed
     options: list[Option] = Field(default_factory=list)
     context: list[Turn] = Field(default_factory=list)  # earlier turns of a multi-turn row
+    system: str = ""  # the row's system prompt (sharegpt), also the first turn of `conversations`
     answer: str
     pred_answer: str
     match: str  # which comparison accepted the answer

@@ -70,15 +70,17 @@ def estimate_total(cfg: ConvertConfig) -> int | None:
 
 
 def conversation(sample: Sample, question_turn: str, n_images: int, gpt: str) -> list[dict[str, str]]:
-    """The kept conversation: earlier turns of a multi-turn row as they were, then the question and the trace.
-    All <image> tokens open the first human turn: their number must equal the number of images
-    (LLaMA-Factory checks it)."""
+    """The kept conversation: a sharegpt row's system prompt, earlier turns of a multi-turn row as they
+    were, then the question and the trace. Each human turn opens with its own <image> tokens; their total
+    must equal the number of images (LLaMA-Factory checks it), else they all open the first turn."""
     humans = [t.question for t in sample.context] + [question_turn]
     answers = [t.answer for t in sample.context] + [gpt]
-    humans[0] = "<image>\n" * n_images + humans[0]
-    turns: list[dict[str, str]] = []
-    for h, a in zip(humans, answers):
-        turns += [{"from": "human", "value": h}, {"from": "gpt", "value": a}]
+    counts = [t.turn_images for t in sample.context] + [sample.turn_images]
+    if sum(counts) != n_images:
+        counts = [n_images] + [0] * (len(humans) - 1)
+    turns: list[dict[str, str]] = [{"from": "system", "value": sample.system}] if sample.system else []
+    for h, a, n in zip(humans, answers, counts):
+        turns += [{"from": "human", "value": "<image>\n" * n + h}, {"from": "gpt", "value": a}]
     return turns
 
 
@@ -219,7 +221,7 @@ class Converter:
             return Kept(
                 index=sample.index, id=sample.id, source=sample.source, images=rel,
                 source_images=list(sample.images), image_sha256=[im.file_sha256 for im in images],
-                question=stages.question.turn(sample), options=sample.options, context=sample.context,
+                question=stages.question.turn(sample), options=sample.options, context=sample.context, system=sample.system,
                 answer=sample.answer, pred_answer=chosen.pred,
                 match=chosen.match, pseudo_cot=outputs.pseudo_cot.content,
                 description=outputs.description.content, reasoning=chosen.reasoning,

@@ -111,3 +111,16 @@ def test_kept_conversation_keeps_earlier_turns_and_one_image_token_per_image():
     assert conv[1]["value"] == "Red."
     assert conv[2]["value"] == "And the other one?"
     assert sum(t["value"].count("<image>") for t in conv) == 2
+
+
+def test_kept_conversation_places_image_tokens_in_their_turns_and_keeps_the_system_prompt():
+    from pipeline.runner import conversation
+
+    # LLaMA-Factory's mllm_demo row 1: "<image>Who are they?" ... "What are they doing?<image>", the same image twice.
+    s = Sample(index=0, id="d#turn1", source="t", question="What are they doing?", turn_images=1, system="Be brief.",
+               images=["1.jpg", "1.jpg"],
+               context=[Turn(question="Who are they?", answer="They're Kane and Gretzka.", turn_images=1)])
+    conv = conversation(s, R.turn(s), 2, "G")
+    assert conv[0] == {"from": "system", "value": "Be brief."}
+    assert [t["value"] for t in conv[1:]] == ["<image>\nWho are they?", "They're Kane and Gretzka.",
+                                              "<image>\nWhat are they doing?", "G"]
