@@ -78,7 +78,8 @@ def train(cfg: SFTRunConfig) -> dict[str, Any]:
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         deepspeed=str(cfg.deepspeed) if cfg.deepspeed else None,
         # The first and the last step are always logged (the callback below): the summary has both.
-        logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         seed=cfg.seed, report_to=cfg.report_to, remove_unused_columns=False, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=trl_dataset(records), processing_class=processor,
