@@ -194,6 +194,9 @@ def export(
     except FileNotFoundError as exc:
         _fail(str(exc))
     err.print(f"exported {result['rows']} rows -> {target}")
+    if result.get("dropped"):  # records whose image files could not be read (trl/hf)
+        err.print(f"left out {sum(result['dropped'].values())} of {result['read']} records: "
+                  f"{result['dropped']}; first: {result['examples'][:3]}", style="yellow", markup=False)
 
 
 @app.command()

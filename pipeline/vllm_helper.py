@@ -12,6 +12,21 @@ from .build_config import BuildConfig, ServerSpec
 from .config import EndpointConfig
 
 
+# Every flag below is one `vllm serve` accepts today, checked against vLLM's documentation:
+#  - engine arguments (--served-model-name, --tensor-parallel-size, --max-model-len,
+#    --gpu-memory-utilization, --max-num-seqs, --enable-prefix-caching, --limit-mm-per-prompt):
+#    https://docs.vllm.ai/en/latest/configuration/engine_args/ ; --port: .../cli/serve/
+#  - --limit-mm-per-prompt takes JSON, e.g. '{"image": 2}' (docs/features/multimodal_inputs.md).
+#    To reserve no memory for video as well (docs/configuration/conserving_memory.md), put
+#    `--limit-mm-per-prompt '{"image": N, "video": 0}'` in servers.vlm.extra_args: the last one wins.
+#  - --reasoning-parser deepseek_r1 (docs/features/reasoning_outputs.md); the older
+#    --enable-reasoning switch is gone.
+# Multimodal options are refused for a text-only model ("`limit_mm_per_prompt` is only supported
+# for multimodal models", ModelConfig in vllm/config.py of the 0.6-0.10 releases), so the reasoner,
+# to which we only ever send text, gets none.
+TEXT_ONLY_ROLES = ("reasoner",)
+
+
 def serve_command(spec: ServerSpec, endpoint: EndpointConfig, role: str) -> list[str]:
     model = spec.model_path or endpoint.model
     if not model:
@@ -24,10 +39,14 @@ def serve_command(spec: ServerSpec, endpoint: EndpointConfig, role: str) -> list
            "--gpu-memory-utilization", str(spec.gpu_memory_utilization),
            # Match the client's per-replica concurrency so requests queue in our priority order.
            "--max-num-seqs", str(endpoint.max_concurrency),
-           "--enable-prefix-caching",
-           "--limit-mm-per-prompt", json.dumps({"image": spec.images_per_prompt})]
-    if role == "reasoner":
-        cmd += ["--reasoning-parser", "deepseek_r1"]  # reasoning arrives as reasoning_content
+           "--enable-prefix-caching"]
+    if role in TEXT_ONLY_ROLES:
+        cmd += ["--reasoning-parser", "deepseek_r1"]  # reasoning arrives apart from the answer
+    else:
+        if spec.images_per_prompt < 1:
+            raise ValueError(f"servers.{role}.images_per_prompt is {spec.images_per_prompt}: "
+                             "the VLM would refuse every request with an image")
+        cmd += ["--limit-mm-per-prompt", json.dumps({"image": spec.images_per_prompt})]
     return cmd + list(spec.extra_args)
 
 

@@ -3,6 +3,8 @@ exports for LLaMA-Factory and TRL/HF."""
 
 import asyncio
 import json
+import math
+import re
 import shutil
 
 import pytest
@@ -182,3 +184,44 @@ def test_export_llamafactory(converted, tmp_path):
     assert (recipe["template"], recipe["cutoff_len"], recipe["learning_rate"], recipe["num_train_epochs"]) == \
         ("qwen2_vl", 16384, 5e-6, 2.0)
     assert json.loads(open(recipe["deepspeed"]).read())["zero_optimization"]["stage"] == 3
+
+
+def test_short_run_logs_its_first_and_last_step(tmp_path, tiny_model, converted):
+    # max_steps below logging_steps used to log nothing: "loss nan -> nan" and an empty losses list.
+    cfg = _sft_config(tmp_path, tiny_model, converted, max_steps=2, logging_steps=10)
+    proc = run_cli(["sft", "--config", str(cfg)], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["loss_steps"] == [1, 2]
+    assert len(summary["losses"]) == 2 and all(math.isfinite(x) and x > 0 for x in summary["losses"])
+    first, last = re.search(r"loss\s+(\S+)\s+->\s+(\S+);", proc.stderr).groups()
+    assert (float(first), float(last)) == pytest.approx(tuple(summary["losses"]), abs=1e-4)
+
+
+def test_export_hf_streams_each_run_afresh_and_reports_unreadable_images(converted, tmp_path):
+    from datasets import load_from_disk
+
+    shutil.copytree(converted.parent, tmp_path / "copy")  # images sit beside out/, under input/
+    out, dest = tmp_path / "copy" / "out", tmp_path / "exports" / "hf"
+    kept = read_jsonl(out / "vision_r1_cold.jsonl")
+    assert run_cli(["export", str(out), "--to", "hf", "--dest", str(dest)]).returncode == 0
+    assert load_from_disk(str(dest))["id"] == [r["id"] for r in kept]
+    # The same folder again, now with one image gone: a new export, not the earlier one from a cache.
+    first_image = out / kept[0]["image"]
+    first_image.unlink()
+    proc = run_cli(["export", str(out), "--to", "hf", "--dest", str(dest)])
+    assert proc.returncode == 0, proc.stderr
+    assert f"left out 1 of {len(kept)} records" in proc.stderr and "image_unreadable" in proc.stderr
+    ds = load_from_disk(str(dest))
+    assert ds["id"] == [r["id"] for r in kept[1:]]  # kept + left out == read, order kept
+    assert isinstance(ds[0]["images"][0], Image.Image)
+    assert [p.name for p in dest.parent.iterdir()] == ["hf"]  # the private Arrow cache is gone
+
+    from pipeline.sft.export import to_hf
+
+    for r in kept:  # every image gone: an empty dataset with the same features, every row accounted for
+        (out / r["image"]).unlink(missing_ok=True)
+    result = to_hf([out], tmp_path / "empty")
+    assert (result["rows"], result["read"], result["dropped"]) == (0, len(kept), {"image_unreadable": len(kept)})
+    empty = load_from_disk(str(tmp_path / "empty"))
+    assert len(empty) == 0 and empty.features == ds.features

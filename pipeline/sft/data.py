@@ -28,13 +28,17 @@ class Record:
     n_image_tokens: int  # <image> tokens in the human turn
 
 
+def output_shards(out: Path) -> list[Path]:
+    shards = sorted((Path(out) / "data").rglob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{out}: no Parquet shards under data/ (is this a coldstart output folder?)")
+    return shards
+
+
 def read_records(out_dirs: list[Path]) -> Iterator[Record]:
     for out in out_dirs:
         out = Path(out)
-        shards = sorted((out / "data").rglob("*.parquet"))
-        if not shards:
-            raise FileNotFoundError(f"{out}: no Parquet shards under data/ (is this a coldstart output folder?)")
-        for shard in shards:
+        for shard in output_shards(out):
             for batch in pq.ParquetFile(shard).iter_batches(batch_size=256, columns=["id", "images", "conversations"]):
                 for row in batch.to_pylist():
                     human, gpt = row["conversations"][0]["value"], row["conversations"][1]["value"]

@@ -20,6 +20,20 @@ from .loading import load_model, load_processor, vision_tower
 log = logging.getLogger("coldstart.sft")
 
 
+def log_last_step_callback():
+    """A TrainerCallback that logs the final step whatever logging_steps is, so a short run (max_steps
+    below logging_steps, or a step count that is no multiple of it) still records its last loss."""
+    from transformers import TrainerCallback
+
+    class LogLastStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogLastStep()
+
+
 def train(cfg: SFTRunConfig) -> dict[str, Any]:
     import torch
     from trl import SFTConfig, SFTTrainer
@@ -63,17 +77,21 @@ def train(cfg: SFTRunConfig) -> dict[str, Any]:
         bf16=bf16, gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         deepspeed=str(cfg.deepspeed) if cfg.deepspeed else None,
-        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        # The first and the last step are always logged (the callback below): the summary has both.
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         seed=cfg.seed, report_to=cfg.report_to, remove_unused_columns=False, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=trl_dataset(records), processing_class=processor,
-                         peft_config=peft_config)
+                         peft_config=peft_config, callbacks=[log_last_step_callback()])
     result = trainer.train()
     final = out / "final"
     trainer.save_model(str(final))
     processor.save_pretrained(str(final))
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    losses = [e["loss"] for e in logged]
     summary = {"final_model": str(final), "train_loss": result.training_loss, "losses": losses,
+               "loss_steps": [e["step"] for e in logged],
                "steps": trainer.state.global_step, "records": len(records), "preflight": report.as_dict(),
                "lora": cfg.use_lora, "config": cfg.model_dump(mode="json")}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
