@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -73,7 +74,7 @@ def test_preflight_reports_and_drops_offenders(converted, tiny_model, tmp_path):
     from pipeline.sft.loading import load_processor
 
     records = list(read_records([converted]))
-    records[0].n_image_tokens = 2  # "<image>" count != images
+    records[0].conversation[0]["value"] = "<image>\n" + records[0].conversation[0]["value"]  # 2 tokens, 1 image
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     records[1].images = [broken]
@@ -225,3 +226,20 @@ def test_export_hf_streams_each_run_afresh_and_reports_unreadable_images(convert
     assert (result["rows"], result["read"], result["dropped"]) == (0, len(kept), {"image_unreadable": len(kept)})
     empty = load_from_disk(str(tmp_path / "empty"))
     assert len(empty) == 0 and empty.features == ds.features
+
+
+def test_multi_turn_records_keep_their_turns_and_image_places():
+    from pipeline.sft.data import Record, completion_messages, prompt_messages
+
+    r = Record(id="d#turn1", images=[Path("/x/1.jpg"), Path("/x/1.jpg")], conversation=[
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "<image>\nWho are they?"}, {"from": "gpt", "value": "Kane and Gretzka."},
+        {"from": "human", "value": "<image>\nWhat are they doing?"},
+        {"from": "gpt", "value": "<think>\nx\n</think>\n<answer> Final Answer:Celebrating </answer>"}])
+    assert r.n_image_tokens == 2 and r.question == "What are they doing?"
+    assert prompt_messages(r) == [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Who are they?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Kane and Gretzka."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What are they doing?"}]}]
+    assert completion_messages(r)[0]["content"][0]["text"].startswith("<think>")

@@ -19,13 +19,32 @@ from PIL import Image
 IMAGE_TOKEN = "<image>"
 
 
+_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
 @dataclass
 class Record:
     id: str
     images: list[Path]  # absolute
-    question: str  # the human turn without <image> tokens
-    answer_text: str  # the gpt turn: "<think>...</think>\n<answer> Final Answer:X </answer>"
-    n_image_tokens: int  # <image> tokens in the human turn
+    # The kept conversation as written ({"from", "value"}): an optional system turn, earlier turns of a
+    # multi-turn row, the question, and last the gpt turn "<think>...</think>\n<answer> Final Answer:X </answer>".
+    conversation: list[dict[str, str]]
+
+    @property
+    def answer_text(self) -> str:
+        return self.conversation[-1]["value"]
+
+    @property
+    def question(self) -> str:  # the last human turn without <image> tokens
+        return _strip_tokens(self.conversation[-2]["value"])
+
+    @property
+    def n_image_tokens(self) -> int:
+        return sum(t["value"].count(IMAGE_TOKEN) for t in self.conversation if t["from"] == "human")
+
+
+def _strip_tokens(text: str) -> str:
+    return text.replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "").strip()
 
 
 def output_shards(out: Path) -> list[Path]:
@@ -41,18 +60,18 @@ def read_records(out_dirs: list[Path]) -> Iterator[Record]:
         for shard in output_shards(out):
             for batch in pq.ParquetFile(shard).iter_batches(batch_size=256, columns=["id", "images", "conversations"]):
                 for row in batch.to_pylist():
-                    human, gpt = row["conversations"][0]["value"], row["conversations"][1]["value"]
-                    yield Record(
-                        id=row["id"],
-                        images=[(out / p).resolve() for p in row["images"]],
-                        question=human.replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "").strip(),
-                        answer_text=gpt,
-                        n_image_tokens=human.count(IMAGE_TOKEN),
-                    )
+                    yield Record(id=row["id"], images=[(out / p).resolve() for p in row["images"]],
+                                 conversation=[{"from": t["from"], "value": t["value"]} for t in row["conversations"]])
 
 
 def prompt_messages(r: Record) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": [{"type": "image"} for _ in r.images] + [{"type": "text", "text": r.question}]}]
+    """Every turn before the trace, with typed content: each human turn's images where its <image> tokens were."""
+    messages = []
+    for turn in r.conversation[:-1]:
+        parts: list[dict[str, Any]] = [{"type": "image"} for _ in range(turn["value"].count(IMAGE_TOKEN))]
+        parts.append({"type": "text", "text": _strip_tokens(turn["value"])})
+        messages.append({"role": _ROLES[turn["from"]], "content": parts})
+    return messages
 
 
 def completion_messages(r: Record) -> list[dict[str, Any]]:

@@ -42,11 +42,8 @@ def to_llamafactory(out_dirs: list[Path], dest: Path, name: str = "vision_r1_col
     with atomic_open(dest / f"{name}.jsonl") as fh:
         for r in read_records(out_dirs):
             images = [os.path.relpath(p, dest.resolve()) for p in r.images]
-            human = "<image>\n" * len(images) + r.question
             fh.write(json.dumps({"id": r.id, "image": images[0] if len(images) == 1 else images,
-                                 "conversations": [{"from": "human", "value": human},
-                                                   {"from": "gpt", "value": r.answer_text}]},
-                                ensure_ascii=False) + "\n")
+                                 "conversations": r.conversation}, ensure_ascii=False) + "\n")
             n += 1
     info_path = dest / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
