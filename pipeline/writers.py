@@ -42,6 +42,8 @@ PARQUET_SCHEMA = pa.schema([
     ("answer", pa.string()),
     ("pred_answer", pa.string()),
     ("match", pa.string()),
+    ("match_method", pa.string()),  # letter / option_text / numeric / math / string / yes_no / judge
+    ("answer_judge_response", pa.string()),
     ("pseudo_cot", pa.string()),
     ("description", pa.string()),
     ("reasoning", pa.string()),

@@ -6,6 +6,7 @@ if any, must not be another option's text; (2) the answer is exactly one option'
 where "A" (and "I") count only in a letter context: "(A)", "A." / "A)" / "A:", after "option"/"choice",
 or as the last word, so the article in "A cat is on the mat" is never option A; (4) exactly one option's
 text occurs as whole words in a short answer. Two different letters from these rules: no reading.
+Rules (3) and (4) do not guess from a phrase with a negation ("not B", "rather than a pear").
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .normalise import clean, norm_text
 
 MAX_TOKEN_WORDS = 8  # rule (3) only on short answers: a long sentence names points and articles
 MAX_CONTAIN_WORDS = 12
+_NEGATION = re.compile(r"\b(?:not|isn't|aren't|never|neither|nor|no longer|rather than|instead of|except)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ def read_option(pred: str, options: list[Option]) -> Reading:
     if (opt := option_by_text(c, options)) is not None:
         return Reading(opt.letter, "option_text")
     words = c.split()
+    if _NEGATION.search(c):
+        return Reading(None, "none")  # "not B", "it is not a banana; it is a pear": no guess from tokens
     by_letter = _context_letters(c, letters) if len(words) <= MAX_TOKEN_WORDS else set()
     by_text = _contained(c, options) if len(words) <= MAX_CONTAIN_WORDS else set()
     if len(by_letter) > 1 or len(by_text) > 1:

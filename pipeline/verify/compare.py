@@ -5,8 +5,10 @@ The gold is read into a typed form first (gold.py), then compared by the rule fo
   "\\boxed{4}" where B is "4" matches gold "B"; "C" matches gold "58°." when C is "58°". An answer
   that names no option, or two, is wrong; a number or expression equal to the gold option's text counts.
 - yes_no: the first word of the answer (yes/true/correct vs no/false/incorrect).
-- number: equal values, never by prefix or by rounding ("0.54" != "0.5"); units compared when both
-  sides carry one ("5 km" != "5 m"); 76% == 0.76 == 76; an expression answer ("\\frac{1}{2}") goes to math-verify.
+- number: equal values, never by prefix ("0.54" != "0.5", "0.5" != "0.54"); a gold given to 2+ decimals
+  is a rounded value, so a longer answer that rounds to it matches ("3.1416" for "3.14"); units compared
+  when both sides carry one ("5 km" != "5 m"); 76% == 0.76 == 76; an expression answer ("\\frac{1}{2}")
+  goes to math-verify.
 - expression: equal after removing spaces, else math-verify.
 - sentence / text: equal after normalising (case, punctuation, articles), else **undecided**: neither
   right nor wrong; the optional LLM answer judge may decide, otherwise the row is rejected as undecided.

@@ -1,17 +1,19 @@
 """Pull the final answer out of a reasoner's output, in the shapes R1 actually writes.
 
-Priority (the first rule that finds something wins; the visible answer after </think> is searched
-first, then the last 2,000 characters of the reasoning):
+Priority (the first rule that finds something wins; rules 1-6 search the visible answer after
+</think> first, then the last 2,000 characters of the reasoning):
 
 1. ``<answer>...</answer>`` tags (the last pair); a leading "Final Answer:" and a \\boxed{} inside are unwrapped.
 2. The last ``\\boxed{...}`` / ``\\fbox{...}``, braces balanced: ``\\boxed{\\text{B}}``, ``\\boxed{B. 4}``,
    ``\\boxed{\\frac{3}{4}}``. This also covers "**Final Answer**" followed by a boxed on the next line.
-3. "Final Answer: X", "**Final Answer:** X", "The final answer is X", "**Final Answer**" with X on the next line.
+3. "Final Answer: X", "**Final Answer:** X", "The final answer is X", "**Final Answer**" or "### Final Answer"
+   with X on the next line.
 4. "The correct option is X", "The correct answer is X", "The answer is X", "**Answer:** X", "Answer: X"
    (the last one in the text; "X because ..." is cut at "because"/"since").
 5. An option letter in parentheses at the very end: "... so it is (B)."
 6. The last line when it is bold: "**B. 4**".
-7. The visible answer itself when it is one short line ("B", "58°", "5 km"); not applied to the reasoning.
+7. Last resort, after rules 1-6 found nothing in the visible answer nor in the reasoning: the visible
+   answer itself when it is one short line ("B", "58°", "5 km", "The fruit is a banana.").
 
 What was found is returned as written (cleaned of bold, $..$, \\text{}, a final period); deciding what
 it means (letter, option text, number) is compare.py's job. math-verify's own LaTeX extraction runs in
@@ -26,14 +28,14 @@ from dataclasses import dataclass
 from .normalise import clean
 
 REASONING_TAIL = 2000
-SHORT_ANSWER_CHARS = 60
+SHORT_ANSWER_CHARS = 120
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FINAL_ANSWER = re.compile(
     r"final\s+answer(?:\s+is)?\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(?P<x>[^\n]+)"
     r"|final\s+answer\s+is\s+(?P<y>[^\n]+)"
-    r"|\*\*\s*final\s+answer\s*[:：]?\s*\*\*[ \t]*\n+\s*(?P<z>[^\n]+)",
+    r"|(?:\*\*|\#+)\s*final\s+answer\s*[:：]?\s*(?:\*\*)?[ \t]*\n+\s*(?P<z>[^\n]+)",
     re.IGNORECASE,
 )
 _THE_ANSWER = re.compile(
@@ -44,7 +46,7 @@ _THE_ANSWER = re.compile(
 _PAREN_LETTER_END = re.compile(r"\(([A-Z])\)\s*\**[.!]?\s*\**\s*$")
 _NEGATED = re.compile(r"\s*(?:not|n't|never|neither)\b", re.IGNORECASE)
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
-_CUT = re.compile(r"\s+(?:because|since|as\s+(?:it|the|this)|which\s+(?:is|means))\b|[;,]\s+(?:so|since|because)\b",
+_CUT = re.compile(r"\s+(?:because|since|as\s+(?:it|the|this)|which\s+(?:is|means))\b|[;,]\s+(?:so|since|because|not)\b",
                   re.IGNORECASE)
 
 
@@ -73,7 +75,7 @@ def _tidy(answer: str) -> str:
     if (inner := last_boxed(answer)) is not None:
         answer = inner
     answer = _CUT.split(answer, maxsplit=1)[0]
-    return clean(answer)
+    return clean(answer.replace("**", ""))
 
 
 def _find(text: str, allow_short: bool) -> tuple[str, str] | None:
@@ -106,11 +108,14 @@ def _find(text: str, allow_short: bool) -> tuple[str, str] | None:
 
 
 def extract(final_text: str, reasoning: str | None = None) -> Extracted | None:
-    """The final answer by the priority above: visible answer first, then the end of the reasoning."""
-    if (hit := _find(final_text or "", allow_short=True)) is not None:
+    """The final answer by the priority above: visible answer first, then the end of the reasoning,
+    then (last resort) a visible answer that is one short line."""
+    if (hit := _find(final_text or "", allow_short=False)) is not None:
         return Extracted(hit[0], hit[1], "answer")
     if reasoning and (hit := _find(reasoning[-REASONING_TAIL:], allow_short=False)) is not None:
         return Extracted(hit[0], hit[1], "reasoning")
+    if (hit := _find(final_text or "", allow_short=True)) is not None:
+        return Extracted(hit[0], hit[1], "answer")
     return None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 _WRAPPERS = re.compile(r"^\\(?:text|textbf|mathrm|mathbf|textit|mbox|operatorname)\s*\{(.*)\}$", re.DOTALL)
 _INLINE_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|mbox)\s*\{([^{}]*)\}")
@@ -76,9 +76,9 @@ _LATEX_UNIT_FIXES = [
 ]
 _NUM = re.compile(
     r"^(?P<cur>[$€£¥])?\s*(?P<num>[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+)(?:[eE](?P<exp>[-+]?\d+))?"
-    r"\s*(?P<unit>[^\d=+*<>()\[\]{}\\,;:!?]*)$"
+    r"\s*(?P<unit>[^=+*<>()\[\]{}\\,;:!?]*)$"
 )
-_UNIT_OK = re.compile(r"^[A-Za-zµΩ°%²³\^23/\.\s\-]*$")
+_UNIT_OK = re.compile(r"^(?:[A-Za-zµΩ°%²³/\.\s\-]|\^[23])*$")  # words, symbols, ^2 / ^3; no other digits
 
 # Canonical unit names; a plural "s" is dropped before the look-up.
 _UNIT_ALIASES: dict[str, str] = {}
@@ -137,12 +137,12 @@ def parse_quantity(text: str) -> Quantity | None:
     if not m:
         return None
     unit = (m.group("unit") or "").strip()
+    if not _UNIT_OK.match(unit) or len(unit.split()) > 3 or re.search(r"[/^]$|^[/^]", unit):
+        return None
     if m.group("cur"):
         if unit:
             return None
         unit = m.group("cur")
-    if not _UNIT_OK.match(unit) or len(unit.split()) > 3 or re.search(r"[/^]$", unit):
-        return None
     raw = m.group("num").replace(",", "")
     try:
         value = Decimal(raw)
@@ -154,8 +154,12 @@ def parse_quantity(text: str) -> Quantity | None:
     return Quantity(value, canon, known, raw)
 
 
+def _decimals(raw: str) -> int:
+    return len(raw.split(".", 1)[1]) if "." in raw else 0
+
+
 def quantities_equal(gold: Quantity, pred: Quantity) -> bool | None:
-    """Equal values (never by prefix or rounding: 0.54 != 0.5); units compared when both carry one.
+    """Equal values (never by prefix: 0.54 != 0.5); units compared when both carry one.
 
     None: the values agree but the units are words we do not know and differ ("5 apples" vs "5 pears").
     """
@@ -165,6 +169,11 @@ def quantities_equal(gold: Quantity, pred: Quantity) -> bool | None:
         pct, other = (gv, pv) if gold.unit == "%" else (pv, gv)
         return other == pct or other * 100 == pct
     if pv != gv:
+        # A gold stated to 2+ decimals is a rounded value: a longer answer that rounds to it matches
+        # (3.1416 for 3.14). A 0-1 decimal gold is taken as exact: 0.54 != 0.5, 12.46 != 12.5.
+        gd, pd = _decimals(gold.text), _decimals(pred.text)
+        if gd >= 2 and pd > gd and pv.quantize(Decimal(1).scaleb(-gd), rounding=ROUND_HALF_UP) == gv:
+            return True if (not gold.unit or not pred.unit or gold.unit == pred.unit) else False
         return False
     if not gold.unit or not pred.unit or gold.unit == pred.unit:
         return True
