@@ -19,7 +19,6 @@ from aiohttp import web
 
 from pipeline.filters import Trace
 from pipeline.filters.rules import ConsistencyFilter
-from pipeline.records import Option
 from pipeline.verify import mathcheck
 from pipeline.verify.compare import MathQuery, check_output, judge, plan_check
 from pipeline.verify.extract import extract, extract_final_answer, last_boxed
@@ -355,3 +354,20 @@ def test_undecided_rows_are_counted_and_the_answer_judge_decides_them(tmp_path):
     for row in rows:
         assert row["match_method"] == "judge" == row["match"]
         assert row["answer_judge_response"].startswith("VERDICT: SAME")
+
+
+def test_answer_judge_config_fails_before_any_request(tmp_path):
+    from pipeline.config import ConvertConfig
+    from pipeline.runner import Converter
+
+    base = dict(input=tmp_path / "x.jsonl", image_root=tmp_path, out=tmp_path / "out",
+                vlm={"url": "http://127.0.0.1:9/v1", "model": "v"}, reasoner={"url": "http://127.0.0.1:9/v1", "model": "r"})
+    with pytest.raises(ValueError, match="verify.judge.url, verify.judge.model"):
+        Converter(ConvertConfig(**base, verify={"judge": {"enabled": True}}))
+    with pytest.raises(Exception, match="extra"):
+        ConvertConfig(**base, verify={"judge": {"enabled": True, "modle": "typo"}})
+    cfg = ConvertConfig(**base, verify={"judge": {"enabled": True, "url": "http://127.0.0.1:9/v1", "model": "j"}},
+                        prompts={"answer_judge": "no_such_prompt.v9"})
+    with pytest.raises(FileNotFoundError, match="no_such_prompt"):
+        asyncio.run(Converter(cfg).run())
+    assert not (tmp_path / "out").exists()

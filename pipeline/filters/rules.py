@@ -174,6 +174,8 @@ class ConsistencyFilter(Filter):
         if planned is not None and isinstance(planned[1], MathQuery) and self.pool is not None:
             q = planned[1]
             if (q.gold, q.pred) not in self._math:
+                if len(self._math) > 10_000:  # entries left by traces an earlier filter dropped
+                    self._math.clear()
                 self._math[(q.gold, q.pred)] = await self.pool.math(q.gold, q.pred)
 
     def filter(self, t: Trace) -> FilterResult:
