@@ -161,6 +161,7 @@ CASES: list[Case] = [
     M("D", "\\boxed{67}", GEO3K, "option_text"),
     M("C", "\\boxed{x = 123}", GEO3K, "option_text"),
     W("D", "\\boxed{57}", GEO3K),
+    M("C", "### The final answer is:\nC", GEO3K, "letter"),  # Mulberry's own closing line
     W("D", "\\boxed{167}", GEO3K),
     W("C", "\\boxed{113}", GEO3K),
     # --- LLaVA-CoT "**B**" and "B: 5 MPa" golds ----------------------------------------------------
@@ -203,6 +204,8 @@ CASES: list[Case] = [
     M("No", "Final Answer: No, there is no cup on the table.", NONE, "yes_no"),
     M("Yes", "\\boxed{True}", NONE, "yes_no"),
     W("No", "\\boxed{Yes}", NONE),
+    U("Yes", "There is a triangle in the drawing.", NONE),
+    M("Yes", "Yes, there is a triangle in the drawing.", NONE, "yes_no"),
     W("Yes", "The answer is no.", NONE),
     W("yes", "\\boxed{\\text{No}}", NONE),
     M("A", "\\boxed{Yes}", YN, "option_text"),
@@ -260,6 +263,17 @@ CASES: list[Case] = [
     W("12", "First \\boxed{12}, but recounting gives \\boxed{13}", NONE),
     M("12", "", NONE, "numeric", reasoning=LONG_R1 + "So there are 12 apples.\n\n**Final Answer:** 12"),
     U("12", "\\boxed{twelve}", NONE),
+    # short sentences: judged by their one number, never when two numbers or a negation make it unclear
+    M("12", "There are 12 circles in the picture.", NONE, "numeric"),
+    W("12", "There are 13 circles.", NONE),
+    U("12", "Between 11 and 13 circles.", NONE),
+    U("12", "Not 12, there are more.", NONE),
+    M("21", "He is 21 years old.", NONE, "numeric"),
+    W("21", "He is 12 years old.", NONE),
+    M("5 km", "The distance is 5 km.", NONE, "numeric"),
+    W("5 km", "The distance is 5 m.", NONE),
+    M("76%", "About 76% of children were enrolled.", NONE, "numeric"),
+    W("2017", "It was built in 2018.", NONE),
     # --- expressions (math-verify in the worker) --------------------------------------------------
     M("\\frac{3}{4}", "\\boxed{\\frac{3}{4}}", NONE, "string"),
     M("\\frac{3}{4}", "\\boxed{0.75}", NONE, "math"),

@@ -4,11 +4,13 @@ The gold is read into a typed form first (gold.py), then compared by the rule fo
 - letter / option_text: the prediction names an option by letter or by text (choice.py), both ways:
   "\\boxed{4}" where B is "4" matches gold "B"; "C" matches gold "58°." when C is "58°". An answer
   that names no option, or two, is wrong; a number or expression equal to the gold option's text counts.
-- yes_no: the first word of the answer (yes/true/correct vs no/false/incorrect).
+- yes_no: the first word of the answer (yes/true/correct vs no/false/incorrect); an answer that starts
+  with neither is undecided.
 - number: equal values, never by prefix ("0.54" != "0.5", "0.5" != "0.54"); a gold given to 2+ decimals
   is a rounded value, so a longer answer that rounds to it matches ("3.1416" for "3.14"); units compared
   when both sides carry one ("5 km" != "5 m"); 76% == 0.76 == 76; an expression answer ("\\frac{1}{2}")
-  goes to math-verify.
+  goes to math-verify; a short sentence with exactly one number and no negation or hedge
+  ("There are 12 circles.") is judged by that number.
 - expression: equal after removing spaces, else math-verify.
 - sentence / text: equal after normalising (case, punctuation, articles), else **undecided**: neither
   right nor wrong; the optional LLM answer judge may decide, otherwise the row is rejected as undecided.
@@ -28,7 +30,8 @@ from ..records import Option
 from .choice import read_option
 from .extract import extract
 from .gold import Gold, parse_gold, split_letter
-from .normalise import clean, looks_like_math, norm_text, parse_quantity, quantities_equal, yes_no
+from .normalise import (clean, looks_like_math, norm_text, parse_quantity, quantities_equal, single_quantity_in_prose,
+                        yes_no)
 
 # How a decided verdict was reached (stored on kept records as match_method).
 MATCH_METHODS = ("letter", "option_text", "numeric", "math", "string", "yes_no", "judge")
@@ -74,7 +77,8 @@ def _decide_value(p: str, gold: Gold, pred: str) -> Verdict | MathQuery:
     if gold.kind == "yes_no":
         yn = yes_no(p)
         if yn is None:
-            return Verdict(False, "yes_no", pred, detail="not a yes/no answer")
+            # "There is a triangle in the drawing." may well mean yes: not for the rules to say.
+            return _undecided(pred, "the gold is yes/no, the answer starts with neither")
         return Verdict(yn == gold.yes, "yes_no", pred)
     if gold.kind == "number":
         assert gold.quantity is not None
@@ -86,6 +90,10 @@ def _decide_value(p: str, gold: Gold, pred: str) -> Verdict | MathQuery:
             return Verdict(eq, "numeric", pred)
         if looks_like_math(p):
             return MathQuery(gold.text, p, pred)
+        if (q := single_quantity_in_prose(p)) is not None:
+            eq = quantities_equal(gold.quantity, q)
+            if eq is not None:
+                return Verdict(eq, "numeric", pred)
         return _undecided(pred, "the gold is a number, the answer is not")
     if gold.kind == "expression":
         if _math_key(p) == _math_key(gold.text):
@@ -125,11 +133,7 @@ def decide(pred: str | None, gold: Gold, options: list[Option], lenient: bool = 
         if options and not lenient:
             return Verdict(False, "letter", pred, detail="names no option")
         return _undecided(pred, "names no option")
-    v = _decide_value(p, gold, pred)
-    if lenient and isinstance(v, Verdict) and v.decided and not v.correct:
-        if gold.kind == "yes_no" and yes_no(p) is None:
-            return _undecided(pred, "not a yes/no phrase")
-    return v
+    return _decide_value(p, gold, pred)
 
 
 def resolve(query: MathQuery, state: MathState) -> Verdict:

@@ -154,6 +154,33 @@ def parse_quantity(text: str) -> Quantity | None:
     return Quantity(value, canon, known, raw)
 
 
+_NUM_IN_PROSE = re.compile(r"(?<![\w.^_{])(?P<cur>[$€£¥])?(?P<num>[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?![\w^]|\.\d)"
+                           r"\s*(?P<unit>%|°|[A-Za-z][A-Za-z/]*(?:\^[23]|²|³)?)?")
+_PROSE_NEGATION = re.compile(r"\b(?:not|n't|never|neither|nor|instead|rather|except|between|or)\b", re.IGNORECASE)
+MAX_PROSE_WORDS = 12
+
+
+def single_quantity_in_prose(text: str) -> Quantity | None:
+    """The one number in a short sentence ("There are 12 circles in the picture."), with its unit when
+    the next word is a known unit. None for two numbers, a negation or hedge ("not 12", "11 or 12"),
+    LaTeX, or a long text."""
+    s = _latex_units(clean(text))
+    if "\\" in s or len(s.split()) > MAX_PROSE_WORDS or _PROSE_NEGATION.search(s):
+        return None
+    found = list(_NUM_IN_PROSE.finditer(s))
+    if len(found) != 1:
+        return None
+    m = found[0]
+    unit, known = canonical_unit(m.group("cur") or m.group("unit") or "")
+    if not known:
+        unit = ""  # "12 circles": the noun is not a unit
+    try:
+        value = Decimal(m.group("num").replace(",", ""))
+    except InvalidOperation:
+        return None
+    return Quantity(value, unit, bool(unit), m.group("num").replace(",", ""))
+
+
 def _decimals(raw: str) -> int:
     return len(raw.split(".", 1)[1]) if "." in raw else 0
 
