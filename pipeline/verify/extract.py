@@ -6,8 +6,8 @@ Priority (the first rule that finds something wins; rules 1-6 search the visible
 1. ``<answer>...</answer>`` tags (the last pair); a leading "Final Answer:" and a \\boxed{} inside are unwrapped.
 2. The last ``\\boxed{...}`` / ``\\fbox{...}``, braces balanced: ``\\boxed{\\text{B}}``, ``\\boxed{B. 4}``,
    ``\\boxed{\\frac{3}{4}}``. This also covers "**Final Answer**" followed by a boxed on the next line.
-3. "Final Answer: X", "**Final Answer:** X", "The final answer is X", "**Final Answer**" or "### Final Answer"
-   with X on the next line.
+3. "Final Answer: X", "**Final Answer:** X", "The final answer is X", and a line that says only
+   "Final Answer" ("**Final Answer**", "### Final Answer") with X on the next line.
 4. "The correct option is X", "The correct answer is X", "The answer is X", "**Answer:** X", "Answer: X"
    (the last one in the text; "X because ..." is cut at "because"/"since").
 5. An option letter in parentheses at the very end: "... so it is (B)."
@@ -35,8 +35,8 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FINAL_ANSWER = re.compile(
     r"final\s+answer(?:\s+is)?\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(?P<x>[^\n]+)"
     r"|final\s+answer\s+is\s+(?P<y>[^\n]+)"
-    r"|(?:\*\*|\#+)\s*final\s+answer\s*[:：]?\s*(?:\*\*)?[ \t]*\n+\s*(?P<z>[^\n]+)",
-    re.IGNORECASE,
+    r"|^[ \t]*(?:\*\*|\#+)?[ \t]*final\s+answer[ \t]*[:：]?[ \t]*(?:\*\*)?[ \t]*\n+\s*(?P<z>[^\n]+)",
+    re.IGNORECASE | re.MULTILINE,
 )
 _THE_ANSWER = re.compile(
     r"(?:the\s+(?:correct\s+|right\s+|best\s+)?(?:answer|option|choice)\s+(?:is|would\s+be|should\s+be|must\s+be)"

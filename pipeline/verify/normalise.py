@@ -103,6 +103,30 @@ for canon, names in {
         _UNIT_ALIASES[name] = canon
 
 
+# Units of one dimension convert exactly (Decimal): 3 cm == 30 mm, 2 h == 120 min, 1 ft == 12 in.
+_SCALE: dict[str, tuple[str, Decimal]] = {}
+for dim, table in {
+    "length": {"m": "1", "cm": "0.01", "mm": "0.001", "km": "1000", "in": "0.0254", "ft": "0.3048",
+               "yd": "0.9144", "mi": "1609.344"},
+    "time": {"s": "1", "min": "60", "h": "3600", "day": "86400", "week": "604800"},
+    "mass": {"kg": "1", "g": "0.001", "mg": "0.000001", "lb": "0.45359237", "oz": "0.028349523125", "t": "1000"},
+    "volume": {"l": "0.001", "ml": "0.000001", "m^3": "1", "cm^3": "0.000001"},
+    "area": {"m^2": "1", "cm^2": "0.0001", "km^2": "1000000", "in^2": "0.00064516", "ft^2": "0.09290304"},
+    "pressure": {"pa": "1", "kpa": "1000", "mpa": "1000000"},
+    "speed": {"m/s": "1", "km/h": "0.2777777777777777777777777778"},
+}.items():
+    for name, factor in table.items():
+        _SCALE[name] = (dim, Decimal(factor))
+
+
+def convert(value: Decimal, unit: str, to: str) -> Decimal | None:
+    """`value` in `unit` expressed in `to`, when both are known units of one dimension."""
+    a, b = _SCALE.get(unit), _SCALE.get(to)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    return value * a[1] / b[1]
+
+
 def canonical_unit(unit: str) -> tuple[str, bool]:
     """(canonical name, known?) for a unit string; unknown words are compared as written."""
     u = re.sub(r"\s+", " ", unit.strip().rstrip(".").strip()).lower()
@@ -191,6 +215,8 @@ def quantities_equal(gold: Quantity, pred: Quantity) -> bool | None:
     None: the values agree but the units are words we do not know and differ ("5 apples" vs "5 pears").
     """
     gv, pv = gold.value, pred.value
+    if (converted := _same_after_conversion(gold, pred)) is not None:
+        return converted  # 3 cm vs 30 mm; 5 km vs 5 m is False here
     if (gold.unit == "%") != (pred.unit == "%") and "" in (gold.unit, pred.unit):
         # 76% and 0.76 and 76 are the same answer; nothing else crosses the percent sign.
         pct, other = (gv, pv) if gold.unit == "%" else (pv, gv)
@@ -209,7 +235,15 @@ def quantities_equal(gold: Quantity, pred: Quantity) -> bool | None:
     return None
 
 
-_EXPR_HINT = re.compile(r"\\[a-zA-Z]+|[\^_=√π]|\d\s*/\s*\d|\d\s*[a-z]\b|[a-z]\s*[-+*/]\s*[\da-z]|^\(.*,.*\)$|^\[.*,.*\]$")
+def _same_after_conversion(gold: Quantity, pred: Quantity) -> bool | None:
+    if gold.unit and pred.unit and gold.unit != pred.unit:
+        converted = convert(pred.value, pred.unit, gold.unit)
+        if converted is not None:
+            return abs(converted - gold.value) <= abs(gold.value) * Decimal("1e-9")
+    return None
+
+
+_EXPR_HINT = re.compile(r"\\[a-zA-Z]+|[\^_=√π]|\d\s*[-+*/×÷]\s*\d|\d\s*[a-z]\b|[a-z]\s*[-+*/]\s*[\da-z]|^\(.*,.*\)$|^\[.*,.*\]$")
 
 
 def looks_like_math(text: str) -> bool:
