@@ -349,8 +349,9 @@ def test_undecided_rows_are_counted_and_the_answer_judge_decides_them(tmp_path):
     assert m["counts"]["kept"] + m["counts"]["rejected"] == 8
     assert m["counts"]["kept"] == len(rows) > 0 and m["counts"]["undecided"] == 0
     assert len(judge_server.prompts) == 8 == m["endpoints"]["answer_judge"]["sent"]
-    assert all("Candidate answer: unknown" in p and "Reference answer: The drawing number" in p
-               for p in judge_server.prompts)
+    assert all("Reference answer: The drawing number" in p and "\nCandidate answer: " in p for p in judge_server.prompts)
+    assert {f"Candidate answer: {row['pred_answer']}" for row in rows} <= {
+        line for p in judge_server.prompts for line in p.splitlines()}
     for row in rows:
         assert row["match_method"] == "judge" == row["match"]
         assert row["answer_judge_response"].startswith("VERDICT: SAME")
