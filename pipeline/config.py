@@ -85,6 +85,27 @@ class JudgeConfig(EndpointConfig):
     drop_invalid: bool = True  # false: keep the trace and record filter="invalid"
 
 
+class AnswerJudgeSamplingConfig(SamplingConfig):
+    temperature: float = 0.0
+    max_tokens: int = 512
+
+
+class AnswerJudgeConfig(EndpointConfig):
+    """Optional LLM judge for golds the matching rules cannot decide (sentences, free text)."""
+
+    enabled: bool = False
+    api_key_env: str = "COLDSTART_ANSWER_JUDGE_API_KEY"
+    max_concurrency: int = Field(32, ge=1)
+    sampling: AnswerJudgeSamplingConfig = Field(default_factory=AnswerJudgeSamplingConfig)
+
+
+class VerifyConfig(_Strict):
+    """Answer checking: math-verify's hard time limit, and the optional answer judge."""
+
+    timeout_s: float = Field(10.0, gt=0)  # one math-verify check; past it the worker is killed and replaced
+    judge: AnswerJudgeConfig = Field(default_factory=AnswerJudgeConfig)
+
+
 class QualityConfig(_Strict):
     """Rule filters and the modality rewrite applied to every reasoner trace."""
 
@@ -184,6 +205,7 @@ class PromptConfig(_Strict):
     description_annotated: str = "description_annotated.v1"
     judge: str = "judge.v1"
     rewrite_llm: str = "rewrite_llm.v1"
+    answer_judge: str = "answer_judge.v1"
     directory: Path | None = None  # defaults to the project's prompts/
 
 
@@ -219,6 +241,7 @@ class ConvertConfig(_Strict):
     samples_per_question: int = Field(1, ge=1)  # best-of-k: k reasoner traces, the shortest good one kept
     quality: QualityConfig = Field(default_factory=QualityConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
@@ -269,6 +292,9 @@ class ConvertConfig(_Strict):
         ]
         if self.judge.enabled:
             missing += [f for f, v in (("judge.url", self.judge.endpoints), ("judge.model", self.judge.model)) if not v]
+        if self.verify.judge.enabled:
+            missing += [f for f, v in (("verify.judge.url", self.verify.judge.endpoints),
+                                       ("verify.judge.model", self.verify.judge.model)) if not v]
         if missing:
             raise ValueError("missing required settings (flag or config file): " + ", ".join(missing))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .client import ModelClient
 from .config import ConvertConfig
@@ -19,6 +20,9 @@ from .question import QuestionRenderer
 from .records import ChatResult, Sample
 from .rewrite import ModalityRewriter
 from .special_tokens import strip_special_tokens
+
+if TYPE_CHECKING:
+    from .verify.pool import VerifierPool
 
 _LLM_REWRITE = re.compile(r"<reasoning>\s*(.*?)\s*</reasoning>", re.DOTALL)
 _VERDICT = re.compile(r"VERDICT:\s*(VALID|INVALID)", re.IGNORECASE)
@@ -39,10 +43,12 @@ class Choice:
     reasoning: str  # after the modality rewrite
     pred: str
     match: str
+    judge_response: str = ""  # the answer judge's reply when it decided the match
 
 
 class QualityGate:
-    def __init__(self, cfg: ConvertConfig, prompts: PromptLibrary, vlm: ModelClient, judge: ModelClient | None):
+    def __init__(self, cfg: ConvertConfig, prompts: PromptLibrary, vlm: ModelClient, judge: ModelClient | None,
+                 pool: "VerifierPool | None" = None):
         q = cfg.quality
         self.cfg = cfg
         filters = [
@@ -52,8 +58,9 @@ class QualityGate:
         ]
         if q.language:
             filters.append(LanguageFilter(q.language))
-        if q.consistency:
-            filters.append(ConsistencyFilter())
+        self.consistency = ConsistencyFilter(pool=pool) if q.consistency else None
+        if self.consistency is not None:
+            filters.append(self.consistency)
         self.hint_leak = HintLeakFilter()
         filters.append(self.hint_leak)
         self.chain = FilterChain(filters)
@@ -82,6 +89,11 @@ class QualityGate:
         if self.judge_tpl:
             tags["judge"] = self.judge_tpl.tag
         return tags
+
+    async def prepare(self, trace: Trace) -> None:
+        """Async work the sync filter chain needs first (the consistency check's math, in the pool)."""
+        if self.consistency is not None:
+            await self.consistency.prepare(trace)
 
     def trace(self, sample: Sample, description: str, result: ChatResult, pred: str | None) -> Trace:
         reasoning = result.reasoning if result.reasoning else result.content

@@ -95,6 +95,9 @@ class Kept(BaseModel):
     answer: str
     pred_answer: str
     match: str  # which comparison accepted the answer
+    # letter / option_text / numeric / math / string / yes_no / judge (pipeline.verify.compare.MATCH_METHODS)
+    match_method: str = ""
+    answer_judge_response: str = ""  # the answer judge's reply, when it decided the match
     pseudo_cot: str
     description: str
     reasoning: str  # after the modality rewrite; what the conversations hold

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import multiprocessing
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,10 @@ from .records import Kept, Rejected, Sample, Usage
 from .results import ResultTable
 from .sources import check_input, estimate_rows, open_source
 from .stages import STAGES, StageOutputs, StageRejected, Stages
-from .verify.compare import check_output
+from .verify.answer_judge import AnswerJudge
+from .question import QuestionRenderer
+from .verify.compare import Verdict
+from .verify.pool import VerifierPool
 from .writers import (JSONL_NAME, atomic_open, dataset_info, reject_row, vision_r1_record, write_json, write_jsonl,
                       write_parquet_shards)
 
@@ -107,7 +108,16 @@ class Converter:
         judge = None
         if cfg.judge.enabled:
             judge = self.clients["judge"] = ModelClient(cfg.judge, "judge")
+        self.answer_judge: AnswerJudge | None = None
+        if cfg.verify.judge.enabled:
+            # The template is loaded here so a missing prompt fails before the first request.
+            library = PromptLibrary(cfg.prompts.directory)
+            self.answer_judge = AnswerJudge(ModelClient(cfg.verify.judge, "answer_judge"),
+                                            library.get(cfg.prompts.answer_judge),
+                                            QuestionRenderer(library, cfg.prompts.question))
+            self.clients["answer_judge"] = self.answer_judge.client
         store = None
+        pool: VerifierPool | None = None
         try:
             # Fail fast, before anything is read or written.
             await asyncio.gather(*(cl.check() for cl in self.clients.values()))
@@ -117,14 +127,15 @@ class Converter:
                 cl.store = store
             prompts = PromptLibrary(cfg.prompts.directory)
             stages = Stages(cfg, vlm, reasoner, prompts)
-            self.gate = QualityGate(cfg, prompts, vlm, judge)
+            # math-verify only ever runs in these worker processes, with a hard timeout (also for the
+            # consistency filter); each converter process (a Ray shard too) owns its pool.
+            pool = self.pool = VerifierPool(cfg.verify_workers, cfg.verify.timeout_s)
+            self.gate = QualityGate(cfg, prompts, vlm, judge, pool=pool)
             self.dedup = Deduplicator() if cfg.dedup.enabled else None
             self.decontam = (Decontaminator(load_benchmark(cfg.dedup.benchmark_questions),
                                             cfg.dedup.ngram, cfg.dedup.threshold, cfg.dedup.min_specific_words)
                              if cfg.dedup.benchmark_questions else None)
             results = ResultTable(self.out / ".state" / "outcomes.sqlite")
-            # spawn: forking a process that runs an event loop and SQLite handles is unsafe.
-            pool = ProcessPoolExecutor(cfg.verify_workers, mp_context=multiprocessing.get_context("spawn"))
             progress = Progress(self.counters, self.clients, enabled=self.show_progress)
             self.counters.total = estimate_total(cfg)
             progress.start()
@@ -132,19 +143,20 @@ class Converter:
                 await self._stream(stages, results, pool)
             finally:
                 await progress.stop()
-                pool.shutdown(wait=False, cancel_futures=True)
                 if stages.annotator is not None:
                     stages.annotator.close()
             manifest = self._finalize(results, stages)
             results.close()
             return manifest
         finally:
+            if pool is not None:
+                pool.close()
             for cl in self.clients.values():
                 await cl.close()
             if store is not None:
                 store.close()
 
-    async def _stream(self, stages: Stages, results: ResultTable, pool: ProcessPoolExecutor) -> None:
+    async def _stream(self, stages: Stages, results: ResultTable, pool: VerifierPool) -> None:
         assert self.cfg.max_in_flight is not None
         admission = asyncio.Semaphore(self.cfg.max_in_flight)
         tasks: set[asyncio.Task] = set()
@@ -193,7 +205,7 @@ class Converter:
                 return Rejected.of(sample, "dedup", "duplicate", f"same image and question as {first}")
         return None
 
-    async def _process(self, sample: Sample, stages: Stages, pool: ProcessPoolExecutor) -> Kept | Rejected:
+    async def _process(self, sample: Sample, stages: Stages, pool: VerifierPool) -> Kept | Rejected:
         stage = "validate"
 
         try:
@@ -223,7 +235,8 @@ class Converter:
                 source_images=list(sample.images), image_sha256=[im.file_sha256 for im in images],
                 question=stages.question.turn(sample), options=sample.options, context=sample.context, system=sample.system,
                 answer=sample.answer, pred_answer=chosen.pred,
-                match=chosen.match, pseudo_cot=outputs.pseudo_cot.content,
+                match=chosen.match, match_method=chosen.match, answer_judge_response=chosen.judge_response,
+                pseudo_cot=outputs.pseudo_cot.content,
                 description=outputs.description.content, reasoning=chosen.reasoning,
                 reasoning_original=chosen.reasoning_original, final_text=chosen.result.content,
                 k=k, k_correct=k_correct, pass_rate=k_correct / k, filter=verdict, judge_response=judge_response,
@@ -235,7 +248,8 @@ class Converter:
                 usage={"pseudo_cot": outputs.pseudo_cot.usage, "description": outputs.description.usage,
                        "reasoning": reasoning_usage},
                 models={"vlm": self.cfg.vlm.model or "", "reasoner": self.cfg.reasoner.model or ""},
-                prompts={**stages.prompt_tags, **self.gate.tags},
+                prompts={**stages.prompt_tags, **self.gate.tags,
+                         **({"answer_judge": self.answer_judge.template.tag} if self.answer_judge else {})},
             )
         except ImageError as exc:
             return Rejected.of(sample, "image", exc.reason, exc.detail)
@@ -245,14 +259,22 @@ class Converter:
             log.error("sample %s failed at %s:\n%s", sample.id, stage, traceback.format_exc())
             return Rejected.of(sample, stage, "internal_error", f"{type(exc).__name__}: {exc}")
 
-    async def _choose(self, sample: Sample, outputs: StageOutputs, pool: ProcessPoolExecutor
+    async def _choose(self, sample: Sample, outputs: StageOutputs, pool: VerifierPool
                       ) -> tuple[Choice | None, int, Rejected | None]:
-        """Verify every trace, filter and rewrite the correct ones, keep the shortest survivor."""
-        loop = asyncio.get_running_loop()
+        """Verify every trace (rules, math in the pool, the answer judge for undecided ones), filter and
+        rewrite the correct ones, keep the shortest survivor."""
         traces = [r for r in outputs.reasoning if r.finish_reason != "length"]
-        verdicts = await asyncio.gather(*(
-            loop.run_in_executor(pool, check_output, r.content, r.reasoning, sample.answer, sample.options)
-            for r in traces))
+        verdicts = list(await asyncio.gather(*(
+            pool.check(r.content, r.reasoning, sample.answer, sample.options) for r in traces)))
+        judged: dict[int, str] = {}
+        if self.answer_judge is not None:
+            open_ = [i for i, v in enumerate(verdicts) if not v.decided and v.pred]
+            decisions = await asyncio.gather(*(self.answer_judge.decide(sample, verdicts[i].pred or "")
+                                               for i in open_))
+            for i, d in zip(open_, decisions):
+                if d.same is not None:
+                    verdicts[i] = Verdict(d.same, "judge", verdicts[i].pred)
+                    judged[i] = d.response
         k_correct = sum(v.correct for v in verdicts)
         survivors: list[Choice] = []
         first_drop: tuple[str, Drop] | None = None
@@ -261,6 +283,7 @@ class Converter:
             if not v.correct:
                 continue
             trace = self.gate.trace(sample, description, r, v.pred)
+            await self.gate.prepare(trace)
             kept = self.gate.chain(trace)
             if isinstance(kept, Drop):
                 first_drop = first_drop or ("filter", kept)
@@ -269,7 +292,7 @@ class Converter:
             if isinstance(rewritten, Drop):
                 first_drop = first_drop or ("rewrite", rewritten)
                 continue
-            survivors.append(Choice(i, r, trace.reasoning, rewritten, v.pred or "", v.method))
+            survivors.append(Choice(i, r, trace.reasoning, rewritten, v.pred or "", v.method, judged.get(i, "")))
         if survivors:
             return min(survivors, key=lambda c: (len(c.reasoning), c.index)), k_correct, None
 
@@ -278,6 +301,15 @@ class Converter:
             return None, k_correct, Rejected.of(sample, stage, drop.reason, drop.detail)
         if not verdicts:
             return None, 0, Rejected.of(sample, "reasoning", "truncated", "every trace hit max_tokens")
+        open_verdicts = [v for v in verdicts if not v.decided]
+        if open_verdicts:
+            # Neither right nor wrong by the rules, and no judge decided: counted, never kept or dropped silently.
+            v = open_verdicts[0]
+            reason = "verify_timeout" if v.method == "math_timeout" else "undecided"
+            detail = f"pred={v.pred!r} gold={sample.answer!r}: {v.detail}"
+            if len(verdicts) > 1:
+                detail += f"; {len(open_verdicts)} of {len(verdicts)} traces undecided, none correct"
+            return None, k_correct, Rejected.of(sample, "verify", reason, detail)
         v = verdicts[0]
         detail = f"pred={v.pred!r} gold={sample.answer!r} ({v.method})"
         if len(verdicts) > 1:
@@ -337,7 +369,11 @@ class Converter:
                 "rejected": rejected_n,
                 "rejected_by_reason": dict(sorted(c.by_reason.items())),
                 "rejected_by_stage": dict(sorted(c.by_stage.items())),
+                # Rows the matching rules could not decide and no answer judge decided (rejected, reason undecided).
+                "undecided": c.by_reason.get("undecided", 0),
             },
+            "verify": {**self.pool.stats,
+                       "consistency_undecided": self.gate.consistency.undecided if self.gate.consistency else 0},
             # Every response this run used (kept and rejected samples), and the kept samples' share.
             "usage_by_stage": {s: u.model_dump() for s, u in usage_all.items()},
             "usage_kept_by_stage": {s: u.model_dump() for s, u in usage.items()},

@@ -29,7 +29,7 @@ _USAGE = pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int6
 _STAGE_STRUCT = lambda t: pa.struct([("pseudo_cot", t), ("description", t), ("reasoning", t)])  # noqa: E731
 
 PROMPT_KEYS = ("question", "pseudo_cot", "description", "reasoning", "description_noleak", "description_annotated",
-               "rewrite_rules", "rewrite_llm", "judge")
+               "rewrite_rules", "rewrite_llm", "judge", "answer_judge")
 
 PARQUET_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -45,6 +45,8 @@ PARQUET_SCHEMA = pa.schema([
     ("answer", pa.string()),
     ("pred_answer", pa.string()),
     ("match", pa.string()),
+    ("match_method", pa.string()),  # letter / option_text / numeric / math / string / yes_no / judge
+    ("answer_judge_response", pa.string()),
     ("pseudo_cot", pa.string()),
     ("description", pa.string()),
     ("reasoning", pa.string()),

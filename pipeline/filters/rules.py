@@ -5,9 +5,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from ..verify.compare import judge
+from typing import TYPE_CHECKING
+
+from ..records import Option
+from ..verify.compare import MathQuery, _default_math, plan_agree, resolve
 from ..verify.extract import extract_final_answer
 from . import KEEP, Drop, Filter, FilterResult, Trace
+
+if TYPE_CHECKING:
+    from ..verify.pool import VerifierPool
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]{2,}")
@@ -95,44 +101,99 @@ class LanguageFilter(Filter):
         return KEEP
 
 
+# A conclusion the reasoning states; "not"/"cannot" forms are skipped ("the answer is not C, so it must be B").
 _CONCLUDES = re.compile(
-    r"(?:the\s+(?:final\s+|correct\s+)?answer\s+(?:is|should\s+be|would\s+be|must\s+be)|"
-    r"so\s+the\s+(?:correct\s+)?(?:option|choice)\s+is|I\s+(?:will\s+)?(?:choose|pick|go\s+with))\s*[:：]?\s*"
-    r"(?:option\s+)?\**\(?([^\n]+?)(?=[.!?;](?:\s|$)|\n|$)",
+    r"(?:the\s+(?:final\s+|correct\s+|right\s+)?(?:answer|option|choice)\s+(?:is|should\s+be|would\s+be|must\s+be)"
+    r"|(?:so|thus|therefore|hence)?,?\s*(?:it|this)\s+(?:must|should|has\s+to)\s+be"
+    r"|(?:so|thus|therefore|hence),?\s*(?:it's|it\s+is)"
+    r"|I(?:\s+will|'ll)?\s+(?:choose|pick|go\s+with|select))"
+    r"\s*[:：]?\s*(?P<neg>not\b|n't\b|never\b)?\s*(?:option\s+|choice\s+)?\**\(?(?P<x>[^\n]+?)(?=[.!?;,](?:\s|$)|\n|$)",
     re.IGNORECASE,
 )
+_ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
+_ORDINAL = re.compile(r"\bthe\s+(first|second|third|fourth|fifth|sixth|seventh|eighth|last)\s+(?:option|choice)\b",
+                      re.IGNORECASE)
+
+
+def _ordinals_to_letters(text: str, letters: list[str]) -> str:
+    """"the first option" -> "option A", "the last choice" -> the last letter (only with options)."""
+    if not letters:
+        return text
+
+    def sub(m: re.Match) -> str:
+        word = m.group(1).lower()
+        i = len(letters) - 1 if word == "last" else _ORDINALS.index(word)
+        return f"option {letters[i]}" if i < len(letters) else m.group(0)
+
+    return _ORDINAL.sub(sub, text)
 
 
 class ConsistencyFilter(Filter):
-    """What the reasoning concludes at its end agrees with the answer it outputs."""
+    """What the reasoning concludes at its end agrees with the answer it outputs.
+
+    Uses the answer matcher (letters, option texts, numbers, units) with the output answer as the
+    gold; a stated phrase that names nothing comparable is not held against the trace. A comparison
+    that needs math-verify is never run here: `prepare` (async, before the chain runs) sends it to the
+    VerifierPool; without a prepared result, `filter` asks the pool with a blocking call.
+    """
 
     name = "consistency"
 
-    def __init__(self, tail_chars: int = 1500) -> None:
+    def __init__(self, tail_chars: int = 1500, pool: "VerifierPool | None" = None) -> None:
         super().__init__()
         self.tail_chars = tail_chars
+        self.pool = pool
+        self.undecided = 0  # conclusions the matcher could not compare (kept)
+        self._math: dict[tuple[str, str], str] = {}  # (gold, pred) -> math state, filled by prepare
 
-    def stated_conclusion(self, reasoning: str) -> str | None:
-        tail = reasoning[-self.tail_chars:]
+    def stated_conclusion(self, reasoning: str, options: list[Option] | None = None) -> str | None:
+        tail = _ordinals_to_letters(reasoning[-self.tail_chars:], [o.letter for o in options or []])
         boxed_or_tagged = extract_final_answer(tail)
-        matches = list(_CONCLUDES.finditer(tail))
+        matches = [m for m in _CONCLUDES.finditer(tail) if not m.group("neg")]
         if matches:
             # Whichever comes last in the text is the conclusion the model settled on.
             last = matches[-1]
-            phrase = extract_final_answer("The answer is " + last.group(1)) or last.group(1)
+            phrase = re.split(r"\s+(?:because|since|as)\b", last.group("x"), maxsplit=1)[0]
             if boxed_or_tagged is not None and tail.rfind(boxed_or_tagged) > last.start():
                 return boxed_or_tagged
             return phrase
         return boxed_or_tagged
 
-    def filter(self, t: Trace) -> FilterResult:
+    def _plan(self, t: Trace):
         if t.pred is None:
-            return KEEP  # nothing to compare; the format filter owns missing answers
-        stated = self.stated_conclusion(t.reasoning)
+            return None
+        stated = self.stated_conclusion(t.reasoning, t.options)
         if stated is None:
-            return KEEP
+            return None
         stated = re.sub(r"[\)\*\.,;:]+$", "", stated.strip()).strip()
-        if judge(stated, t.pred, t.options).correct or judge(t.pred, stated, t.options).correct:
+        return stated, plan_agree(stated, t.pred, t.options)
+
+    async def prepare(self, t: Trace) -> None:
+        """Resolve, in the worker pool, the math comparison `filter` will need (if any)."""
+        planned = self._plan(t)
+        if planned is not None and isinstance(planned[1], MathQuery) and self.pool is not None:
+            q = planned[1]
+            if (q.gold, q.pred) not in self._math:
+                if len(self._math) > 10_000:  # entries left by traces an earlier filter dropped
+                    self._math.clear()
+                self._math[(q.gold, q.pred)] = await self.pool.math(q.gold, q.pred)
+
+    def filter(self, t: Trace) -> FilterResult:
+        planned = self._plan(t)
+        if planned is None:
+            return KEEP  # nothing to compare; the format filter owns missing answers
+        stated, plan = planned
+        if isinstance(plan, MathQuery):
+            state = self._math.pop((plan.gold, plan.pred), None)
+            if state is None:
+                state = (self.pool.math_sync if self.pool is not None else _default_math)(plan.gold, plan.pred)
+            verdict = resolve(plan, state)  # type: ignore[arg-type]
+        else:
+            verdict = plan
+        if verdict.correct:
+            return KEEP
+        if not verdict.decided:
+            self.undecided += 1
             return KEEP
         return Drop("inconsistent", f"reasoning concludes {stated[:60]!r} but outputs {t.pred[:60]!r}")
 
