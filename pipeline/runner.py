@@ -32,6 +32,7 @@ from .results import ResultTable
 from .sources import check_input, estimate_rows, open_source
 from .stages import STAGES, StageOutputs, StageRejected, Stages
 from .verify.answer_judge import AnswerJudge
+from .verify.gold import final_answer
 from .question import QuestionRenderer
 from .verify.compare import Verdict
 from .verify.pool import VerifierPool
@@ -244,7 +245,7 @@ class Converter:
                 ocr=[l.model_dump() for l in outputs.annotations.ocr] if outputs.annotations else [],
                 objects=[o.model_dump() for o in outputs.annotations.objects] if outputs.annotations else [],
                 conversations=conversation(sample, stages.question.turn(sample), len(images),
-                                           gpt_turn(chosen.reasoning, sample.answer)),
+                                           gpt_turn(chosen.reasoning, final_answer(sample.answer, sample.options))),
                 usage={"pseudo_cot": outputs.pseudo_cot.usage, "description": outputs.description.usage,
                        "reasoning": reasoning_usage},
                 models={"vlm": self.cfg.vlm.model or "", "reasoner": self.cfg.reasoner.model or ""},

@@ -124,3 +124,19 @@ def test_kept_conversation_places_image_tokens_in_their_turns_and_keeps_the_syst
     assert conv[0] == {"from": "system", "value": "Be brief."}
     assert [t["value"] for t in conv[1:]] == ["<image>\nWho are they?", "They're Kane and Gretzka.",
                                               "<image>\nWhat are they doing?", "G"]
+
+
+def test_the_kept_final_answer_is_the_letter_or_the_clean_gold():
+    from pipeline.verify.gold import final_answer
+
+    opts = [Option(letter="A", text="32°"), Option(letter="B", text="58°"), Option(letter="C", text="64°")]
+    assert final_answer("58°.", opts) == "B"        # Mulberry: an option's text with a trailing period
+    assert final_answer("**B**", opts) == "B"       # LLaVA-CoT
+    assert final_answer("B: 58°", opts) == "B"      # Mulberry / LLaVA-CoT "letter: text"
+    assert final_answer("21", []) == "21"
+    assert final_answer("**21**", []) == "21"
+    assert final_answer("The enrollment rate in primary education in 1985 was approximately 76%.", []) == \
+        "The enrollment rate in primary education in 1985 was approximately 76%"
+    # An option text that starts with the article "A" is not letter A.
+    cats = [Option(letter="A", text="A cat"), Option(letter="B", text="A dog")]
+    assert final_answer("A dog", cats) == "B"

@@ -97,3 +97,13 @@ def parse_gold(gold: str, options: list[Option]) -> Gold:
     if len(norm_text(text).split()) >= 5:
         return Gold("sentence", gold, text)
     return Gold("text", gold, text)
+
+
+def final_answer(gold: str, options: list[Option]) -> str:
+    """The answer the kept trace ends with (`<answer> Final Answer:X </answer>`): the option letter for a
+    multiple-choice question (whatever form the dataset wrote: "**B**", "B: 45", "58°."), else the gold
+    without its dress (bold, quotes, a final period)."""
+    g = parse_gold(gold, options)
+    if options and g.letter is not None:
+        return g.letter
+    return g.text or gold.strip()
