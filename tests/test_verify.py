@@ -373,3 +373,19 @@ def test_answer_judge_config_fails_before_any_request(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_prompt"):
         asyncio.run(Converter(cfg).run())
     assert not (tmp_path / "out").exists()
+
+
+def test_llava_cot_one_line_option_lists_are_parsed():
+    from pipeline.verify.options import parse_options
+
+    def parsed(q):
+        return [(o.letter, o.text) for o in parse_options(q)]
+
+    # LLaVA-CoT's ScienceQA-style rows list the options on one line after a marker.
+    assert parsed("Determine the shear modulus of the polymer.\nOptions: A: 15 MPa, B: 5 MPa, C: 20 MPa, D: 2 MPa") == \
+        [("A", "15 MPa"), ("B", "5 MPa"), ("C", "20 MPa"), ("D", "2 MPa")]
+    assert parsed("How many cubes? Choices: A. 4, B. 8, C. 2") == [("A", "4"), ("B", "8"), ("C", "2")]
+    assert parsed("Which pair? Options: A: 3,4, B: 5") == [("A", "3,4"), ("B", "5")]
+    # Not a list: one letter after the marker, or letters out of order.
+    assert parsed("The options: are many, e.g. A: like this") == []
+    assert parsed("Options: B: 5, A: 4") == []

@@ -8,6 +8,9 @@ from ..records import Option
 
 _LINE = re.compile(r"^\s*\(?([A-H])\s*[\.\)\]:：]\s*(.+?)\s*$")
 _INLINE = re.compile(r"\(([A-H])\)\s*")
+# LLaVA-CoT's one-line lists after a marker: "Options: A: 15 MPa, B: 5 MPa, C: 20 MPa" / "Choices: A. 4, B. 8".
+_MARKED_LIST = re.compile(r"(?:options|choices)\s*[:：]\s*(\S.*)$", re.IGNORECASE | re.MULTILINE)
+_LIST_ITEM = re.compile(r"(?:^|[,;]\s*)\(?([A-H])\s*[\.\):：]\s*")
 
 
 def _consecutive(letters: list[str]) -> bool:
@@ -27,6 +30,12 @@ def parse_options(question: str) -> list[Option]:
             found.append(Option(letter=m.group(1), text=m.group(2)))
     if _consecutive([o.letter for o in found]):
         return found
+    for m in _MARKED_LIST.finditer(question):
+        items = list(_LIST_ITEM.finditer(m.group(1)))
+        texts = [m.group(1)[a.end():b.start() if b else None].strip().rstrip(",;.") for a, b in
+                 zip(items, items[1:] + [None])]
+        if _consecutive([i.group(1) for i in items]) and all(texts):
+            return [Option(letter=i.group(1), text=t) for i, t in zip(items, texts)]
     # Inline layout: "Options: (A) 3 (B) 4 (C) 5".
     parts = _INLINE.split(question)
     if len(parts) >= 5:
