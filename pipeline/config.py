@@ -152,7 +152,9 @@ class ImageConfig(_Strict):
     max_pixels: int | None = 1280 * 28 * 28  # downscale before sending; None sends as is
     max_file_bytes: int = 50 * 1024 * 1024
     max_decoded_pixels: int = 64_000_000  # larger is treated as a decompression bomb
-    encode_format: Literal["PNG", "JPEG"] = "PNG"
+    # Used only when an image must be re-encoded (rotated, alpha, mode, downscaled); others are sent as on disk.
+    # auto: JPEG (quality 95) for lossy sources (JPEG, lossy WebP), PNG (compress_level 1) for the rest.
+    encode_format: Literal["auto", "PNG", "JPEG"] = "auto"
 
 
 class PromptConfig(_Strict):
