@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import ExifTags, Image, ImageOps
 
 from .config import ConvertConfig, ImageConfig
-from .image_files import content_addressed_path, images_dir, write_content_addressed
+from .image_files import IMAGES_DIR, content_addressed_path, images_dir, write_content_addressed
 
 # Bump when the transform or the encoder settings change pixels: it is part of every request key
 # of a transformed image (the key of an image sent as it is on disk does not depend on it).
@@ -284,6 +284,10 @@ def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Pa
                 if _as_is(probe, data, cfg):
                     return EncodedImage(raw, path, file_sha, transform_key(file_sha, [], None),
                                         _data_url(_SENDABLE[fmt], data), width, height, path, [])
+                target = _fit_max_pixels(width, height, cfg.max_pixels)  # in stored orientation
+                if fmt == "JPEG" and target != (width, height):
+                    # Decode a big JPEG at 1/2, 1/4 or 1/8 scale (never below the target): far less work.
+                    probe.draft(None, target)
                 probe.load()
                 transforms: list[str] = []
                 img = as_seen(probe, transforms)
@@ -296,20 +300,25 @@ def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Pa
     except Exception as exc:  # PIL raises many types for broken files
         raise ImageError("image_corrupt", f"{raw!r} cannot be decoded: {type(exc).__name__}: {exc}") from None
 
-    new_size = _fit_max_pixels(img.width, img.height, cfg.max_pixels)
-    if new_size != img.size:
-        transforms.append(f"resize:{img.width}x{img.height}->{new_size[0]}x{new_size[1]}")
-        img = img.resize(new_size, Image.Resampling.BICUBIC)
+    if any(t.split(":")[-1] in ("5", "6", "7", "8") for t in transforms if t.startswith("exif_orientation:")):
+        width, height, target = height, width, (target[1], target[0])  # rotated by 90 degrees
+    if target != (width, height):
+        transforms.append(f"resize:{width}x{height}->{target[0]}x{target[1]}")
+    if img.size != target:
+        img = img.resize(target, Image.Resampling.BICUBIC)
     if not transforms and fmt in _SENDABLE:
         # Decoded only to be sure (trailing bytes, a possible late EXIF chunk): nothing to change.
         return EncodedImage(raw, path, file_sha, transform_key(file_sha, [], None),
-                            _data_url(_SENDABLE[fmt], data), width, height, path, [])
+                            _data_url(_SENDABLE[fmt], data), img.width, img.height, path, [])
     if not transforms:
         transforms.append(f"format:{fmt}")  # GIF, BMP, TIFF...: not every server takes them
     codec = _codec(fmt, data, cfg)
     sent = _encode(img, codec)
     ext = "jpg" if codec == "jpeg" else "png"
-    trainer = content_addressed_path(sent, images_dir(Path(out_dir)) if out_dir is not None else Path("images"), ext)
+    # Absolute when out_dir is given (a relative out is taken from the working folder, as the writers do);
+    # without one, relative to the output folder that relative_to_out is later given.
+    where = images_dir(Path(out_dir)).absolute() if out_dir is not None else Path(IMAGES_DIR)
+    trainer = content_addressed_path(sent, where, ext)
     return EncodedImage(raw, path, file_sha, transform_key(file_sha, transforms, codec), _data_url(codec, sent),
                         img.width, img.height, trainer, transforms)
 
@@ -318,27 +327,31 @@ def load_images(raws: list[str], roots: ImageRoots, cfg: ImageConfig, out_dir: P
     return [load_image(roots, raw, cfg, out_dir) for raw in raws]
 
 
-def write_trainer_files(images: list[EncodedImage]) -> None:
+def _trainer_file(image: EncodedImage, out_dir: Path) -> Path:
+    return image.trainer_path if image.trainer_path.is_absolute() else Path(out_dir).absolute() / image.trainer_path
+
+
+def write_trainer_files(images: list[EncodedImage], out_dir: Path) -> None:
     """Write each transformed image (the exact bytes sent) to its content-addressed trainer_path."""
     for im in images:
         if not im.transforms:
             continue
+        target = _trainer_file(im, out_dir)
         payload = base64.b64decode(im.data_url.split(",", 1)[1])
-        written = write_content_addressed(payload, im.trainer_path.parent, im.trainer_path.suffix)
-        assert written == im.trainer_path, (written, im.trainer_path)
+        written = write_content_addressed(payload, target.parent, target.suffix)
+        assert written == target, (written, target)
 
 
 def kept_image_paths(images: list[EncodedImage], out_dir: Path) -> list[str]:
     """For a kept record: write the transformed files, return every path relative to the output folder."""
-    write_trainer_files(images)
+    write_trainer_files(images, out_dir)
     return [relative_to_out(im, out_dir) for im in images]
 
 
 def relative_to_out(image: EncodedImage, out_dir: Path) -> str:
     """The path LLaMA-Factory resolves from its dataset_dir (the output folder)."""
     out = Path(out_dir).resolve()
-    trainer = image.trainer_path if image.trainer_path.is_absolute() else out / image.trainer_path
-    return Path(os.path.relpath(trainer.resolve(), out)).as_posix()
+    return Path(os.path.relpath(_trainer_file(image, out).resolve(), out)).as_posix()
 
 
 def open_as_seen(path: Path) -> Image.Image:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops, ImageOps, ImageStat
@@ -573,3 +574,31 @@ def test_convert_sends_what_a_person_sees_and_keeps_it_for_the_trainer(tmp_path,
     assert sent_cam.size == upright1.size
     assert max(ImageStat.Stat(ImageChops.difference(sent_cam, upright1)).mean) < 4  # upright, as photographed
     assert (out / records["demo-00002"]["image"]).resolve() == (datasets / "coco" / "2.png").resolve()
+
+
+def test_big_jpeg_is_drafted_then_resized_to_the_exact_target(root):
+    # 3000x2000 stored sideways (EXIF 6): decoded at reduced scale, then resized to the exact fit.
+    _exif_rotated_jpeg(root / "phone.jpg", _photo((2000, 3000)), 6)
+    cfg = ImageConfig(max_pixels=400_000)
+    im = load_image(root, "phone.jpg", cfg)
+    w, h = images_mod._fit_max_pixels(2000, 3000, cfg.max_pixels)
+    assert (im.width, im.height) == (w, h) == sent_pixels(im).size
+    assert im.transforms == ["exif_orientation:6", f"resize:2000x3000->{w}x{h}"]
+    with Image.open(root / "phone.jpg") as full:
+        reference = ImageOps.exif_transpose(full).convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
+    assert max(ImageStat.Stat(ImageChops.difference(sent_pixels(im), reference)).mean) < 4
+
+
+def test_relative_output_folder_and_no_output_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
+    Image.new("RGBA", (8, 8)).save(tmp_path / "src" / "t.png")
+    out = Path("runs") / "out"  # relative, as the config's default is
+    im = load_image(Path("src"), "t.png", ImageConfig(), out)
+    rel = kept_image_paths([im], out)
+    assert rel[0].startswith("images/") and (tmp_path / "runs" / "out" / rel[0]).read_bytes() == sent_bytes(im)
+    # No output folder known at load time: the path is relative to the one given when kept.
+    bare = load_image(Path("src"), "t.png", ImageConfig())
+    assert not bare.trainer_path.is_absolute()
+    assert kept_image_paths([bare], tmp_path / "elsewhere") == rel
+    assert (tmp_path / "elsewhere" / rel[0]).is_file()
