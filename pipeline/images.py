@@ -33,7 +33,8 @@ JPEG_QUALITY = 95  # re-encoding a JPEG source: well below the source's own comp
 PNG_COMPRESS_LEVEL = 1  # lossless; level 1 is several times faster than zlib's 6 for ~10-30% more bytes
 
 # Formats the served VLMs (vLLM, transformers serve, hosted APIs) take as they are.
-_SENDABLE = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
+# MPO: a JPEG with extra pictures appended (phone depth/gain maps); every decoder shows its first one.
+_SENDABLE = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
 # Modes whose RGB is the same in every decoder (the VLM server's and the trainer's convert("RGB")).
 _PLAIN_MODES = {"RGB", "L", "P", "1"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
@@ -149,7 +150,7 @@ def _fit_max_pixels(width: int, height: int, max_pixels: int | None) -> tuple[in
 
 def _complete(fmt: str, data: bytes) -> bool:
     """Cheap structural check that the file is whole; False only sends it to the full decode."""
-    if fmt == "JPEG":
+    if fmt in ("JPEG", "MPO"):
         return data.endswith(b"\xff\xd9")  # EOI; a JPEG with trailing bytes is decoded to be sure
     if fmt == "WEBP":
         return len(data) >= 8 + int.from_bytes(data[4:8], "little")  # RIFF size
@@ -185,7 +186,7 @@ def _as_is(probe: Image.Image, data: bytes, cfg: ImageConfig) -> bool:
     """True when the on-disk bytes are exactly what a person sees, in a form the model takes."""
     return (probe.format in _SENDABLE
             and probe.mode in _PLAIN_MODES and "transparency" not in probe.info
-            and not getattr(probe, "is_animated", False)
+            and (probe.format == "MPO" or not getattr(probe, "is_animated", False))
             and _fit_max_pixels(probe.width, probe.height, cfg.max_pixels) == probe.size
             and _header_orientation(probe, data) == 1
             and _complete(probe.format, data))
@@ -285,13 +286,13 @@ def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Pa
                     return EncodedImage(raw, path, file_sha, transform_key(file_sha, [], None),
                                         _data_url(_SENDABLE[fmt], data), width, height, path, [])
                 target = _fit_max_pixels(width, height, cfg.max_pixels)  # in stored orientation
-                if fmt == "JPEG" and target != (width, height):
+                if fmt in ("JPEG", "MPO") and target != (width, height):
                     # Decode a big JPEG at 1/2, 1/4 or 1/8 scale (never below the target): far less work.
                     probe.draft(None, target)
                 probe.load()
                 transforms: list[str] = []
                 img = as_seen(probe, transforms)
-                if getattr(probe, "is_animated", False):
+                if fmt != "MPO" and getattr(probe, "is_animated", False):
                     transforms.append("first_frame")
     except ImageError:
         raise

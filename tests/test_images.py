@@ -235,6 +235,25 @@ def test_unchanged_images_are_sent_byte_for_byte(root, tmp_path, name, mode, fmt
     assert other.cache_key == im.cache_key and other.data_url == im.data_url
 
 
+def test_multi_picture_jpeg_is_sent_as_is(root):
+    # Phone JPEGs with an appended depth or gain map open as MPO; decoders show the first picture.
+    first, second = _photo(), _photo().rotate(180)
+    first.save(root / "phone.jpg", format="MPO", save_all=True, append_images=[second])
+    with Image.open(root / "phone.jpg") as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+    im = load_image(root, "phone.jpg", ImageConfig())
+    assert im.transforms == [] and im.data_url.startswith("data:image/jpeg;base64,")
+    assert sent_bytes(im) == (root / "phone.jpg").read_bytes()
+    assert max(ImageStat.Stat(ImageChops.difference(sent_pixels(im), first)).mean) < 4
+
+
+def test_animated_png_sends_its_first_frame(root):
+    frames = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
+    frames[0].save(root / "anim.png", save_all=True, append_images=frames[1:])
+    im = load_image(root, "anim.png", ImageConfig())
+    assert im.transforms == ["first_frame"] and sent_pixels(im).getpixel((3, 3)) == (255, 0, 0)
+
+
 def test_unchanged_images_are_never_decoded(root, monkeypatch):
     from PIL import ImageFile, WebPImagePlugin
 
