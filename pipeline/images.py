@@ -111,8 +111,11 @@ class ImageRoots:
         except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, name too long
             raise ImageError("image_missing", f"{raw!r:.200} cannot be resolved: {exc}") from None
         if not any(path.is_relative_to(root) for root in self.all):
-            roots = ", ".join(str(r) for r in self.all) or "none (no image_root given)"
-            raise ImageError("image_path_escape", f"{raw!r:.200} resolves to {path}, outside the trusted roots: {roots}")
+            roots = ", ".join(str(r) for r in self.all) or "none"
+            hint = "; a relative path needs image_root (--image-root)" if self.image_root is None and \
+                not Path(raw).is_absolute() else ""
+            raise ImageError("image_path_escape",
+                             f"{raw!r:.200} resolves to {path}, outside the trusted roots: {roots}{hint}")
         return path
 
 

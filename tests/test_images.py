@@ -130,7 +130,7 @@ def test_out_images_is_always_trusted_and_config_roots(tmp_path):
     Image.new("RGB", (5, 5)).save(tmp_path / "stray.png")
     with pytest.raises(ImageError) as exc:
         load_image(roots, os.path.relpath(tmp_path / "stray.png"), ImageConfig(), out)
-    assert exc.value.reason == "image_path_escape"
+    assert exc.value.reason == "image_path_escape" and "needs image_root" in exc.value.detail
     with pytest.raises(ImageError) as exc:
         load_image(roots, str(out / "elsewhere.png"), ImageConfig(), out)  # out itself is not trusted
     assert exc.value.reason == "image_path_escape"
