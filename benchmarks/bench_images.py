@@ -114,7 +114,7 @@ def main() -> None:
                 before = cpu_ms(lambda n: old.load_image(root, n, old_cfg_obj), names, args.repeats)
                 after = cpu_ms(lambda n: new_images.load_image(roots, n, cfg, out), names, args.repeats)
                 sample = new_images.load_image(roots, names[0], cfg, out)
-                sent = "original bytes" if not sample.transforms else ",".join(t.split(":")[0] for t in sample.transforms)
+                sent = ",".join(t.split(":")[0] for t in sample.transforms) or "original bytes"
                 print(f"{label:28} {kb:8.0f} {before:10.1f} {after:9.1f}  {sent} ({note})")
 
 

@@ -320,7 +320,8 @@ ALPHA_CASES = {
     "l_trns.png": (lambda p: _half_transparent("L", 60, 0).save(p, transparency=0), (60, 60, 60)),
     "pa.tif": (lambda p: _pa_image().save(p), (200, 30, 30)),
     "rgba.tif": (lambda p: _half_transparent("RGBA", (200, 30, 30, 255), (0, 0, 0, 0)).save(p), (200, 30, 30)),
-    "rgba_lossless.webp": (lambda p: _half_transparent("RGBA", (200, 30, 30, 255), (0, 0, 0, 0)).save(p, lossless=True, exact=True),
+    "rgba_lossless.webp": (lambda p: _half_transparent("RGBA", (200, 30, 30, 255), (0, 0, 0, 0)).save(
+        p, lossless=True, exact=True),
                            (200, 30, 30)),
     "transparent.gif": (lambda p: (lambda im, kw: im.save(p, **kw))(*_palette_image(1)), (200, 30, 30)),
 }
