@@ -39,7 +39,7 @@ _SENDABLE = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
 _PLAIN_MODES = {"RGB", "L", "P", "1"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
-# Where PNG/WebP may carry an orientation that Pillow only sees after a full decode (chunks after IDAT).
+# Chunks by which a PNG may carry an orientation that Pillow only sees after a full decode (after IDAT).
 _PNG_ORIENTATION_MARKERS = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp")
 _ORIENTATION = ExifTags.Base.Orientation
 
