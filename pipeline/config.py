@@ -189,10 +189,14 @@ class ShareGptMapping(_Strict):
 
 
 class ImageConfig(_Strict):
-    max_pixels: int | None = 1280 * 28 * 28  # downscale before sending; None sends as is
+    # Downscale before sending; None sends as is. 2048 visual tokens of 28x28 px: the usual dataset image (and a
+    # 1024x1024 photo) goes out byte-for-byte, a 12 MP phone photo (~15K tokens a call) is brought down.
+    max_pixels: int | None = 2048 * 28 * 28
     max_file_bytes: int = 50 * 1024 * 1024
     max_decoded_pixels: int = 64_000_000  # larger is treated as a decompression bomb
-    encode_format: Literal["PNG", "JPEG"] = "PNG"
+    # Used only when an image must be re-encoded (rotated, alpha, mode, downscaled); others are sent as on disk.
+    # auto: JPEG (quality 95) for lossy sources (JPEG, lossy WebP), PNG (compress_level 1) for the rest.
+    encode_format: Literal["auto", "PNG", "JPEG"] = "auto"
 
 
 class PromptConfig(_Strict):

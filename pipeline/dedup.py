@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
 
-from .images import ImageError, resolve_inside
+from .images import ImageError, ImageRoots, read_image_file
 
 _PUNCT = re.compile(r"[^\w\s]")
 
@@ -42,14 +42,14 @@ def normalise_question(q: str) -> str:
     return " ".join(_PUNCT.sub(" ", q.lower()).split())
 
 
-def file_hashes(root: Path, raws: list[str]) -> list[str] | None:
-    """Content hashes of a row's images; None when a path is bad (the image stage rejects it)."""
+def file_hashes(roots: ImageRoots | Path, raws: list[str], max_file_bytes: int = 50 * 1024 * 1024) -> list[str] | None:
+    """Content hashes of a row's images, through the image stage's own resolver and limits;
+    None when a path is bad (the image stage then rejects the row with its reason)."""
     out = []
     for raw in raws:
         try:
-            path = resolve_inside(root, raw)
-            out.append(hashlib.sha256(path.read_bytes()).hexdigest())
-        except (ImageError, OSError):
+            out.append(hashlib.sha256(read_image_file(roots, raw, max_file_bytes)[1]).hexdigest())
+        except ImageError:
             return None
     return out
 

@@ -18,10 +18,15 @@ def images_dir(out_dir: Path) -> Path:
     return Path(out_dir) / IMAGES_DIR
 
 
+def content_addressed_path(data: bytes, directory: Path, ext: str) -> Path:
+    """`<directory>/<sha256>.<ext>`: where write_content_addressed puts these bytes."""
+    return Path(directory) / f"{hashlib.sha256(data).hexdigest()}.{ext.lstrip('.').lower()}"
+
+
 def write_content_addressed(data: bytes, directory: Path, ext: str) -> Path:
     """`<directory>/<sha256>.<ext>`; an existing file (same content by construction) is reused."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{hashlib.sha256(data).hexdigest()}.{ext.lstrip('.').lower()}"
+    path = content_addressed_path(data, directory, ext)
     if path.exists():
         return path
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")

@@ -23,7 +23,7 @@ from .config import ConvertConfig
 from .counters import RunCounters
 from .dedup import Decontaminator, Deduplicator, file_hashes, load_benchmark
 from .filters import Drop
-from .images import ImageError, load_images, relative_to_out
+from .images import ImageError, ImageRoots, kept_image_paths, load_images
 from .quality import Choice, QualityGate
 from .progress import Progress
 from .prompts import PromptLibrary
@@ -97,6 +97,7 @@ class Converter:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.counters = RunCounters()
+        self.roots = ImageRoots.from_config(cfg)  # image_root, image_roots and <out>/images/
         self.show_progress = cfg.progress if progress is None else progress
 
     async def run(self) -> dict[str, Any]:
@@ -196,8 +197,7 @@ class Converter:
         """Duplicates and benchmark contamination, decided in input order (stable under resume)."""
         hashes = None
         if (self.dedup is not None or self.decontam is not None) and sample.images and sample.question:
-            assert self.cfg.image_root is not None
-            hashes = await asyncio.to_thread(file_hashes, Path(self.cfg.image_root), sample.images)
+            hashes = await asyncio.to_thread(file_hashes, self.roots, sample.images, self.cfg.images.max_file_bytes)
         # A benchmark's short generic question only counts together with its image (see dedup.py).
         if self.decontam is not None and sample.question and (hit := self.decontam.check(sample.question, hashes or [])):
             return Rejected.of(sample, "dedup", "contaminated", hit)
@@ -211,8 +211,7 @@ class Converter:
 
         try:
             stage = "image"
-            assert self.cfg.image_root is not None
-            images = await asyncio.to_thread(load_images, Path(self.cfg.image_root), sample.images, self.cfg.images)
+            images = await asyncio.to_thread(load_images, sample.images, self.roots, self.cfg.images, self.out)
             stage = "model"
             outputs = await self._run_stages(sample, images, stages)
             stage = "verify"
@@ -226,7 +225,8 @@ class Converter:
                 verdict, judge_response = await self.gate.judge(sample, outputs.description.content, chosen.reasoning)
                 if verdict == "invalid" and self.cfg.judge.drop_invalid:
                     return Rejected.of(sample, stage, "judge_invalid", judge_response.strip()[:500])
-            rel = [relative_to_out(im, self.out) for im in images]
+            # Transformed images are written (once, content-addressed) only for kept records.
+            rel = await asyncio.to_thread(kept_image_paths, images, self.out)
             reasoning_usage = Usage()
             for r in outputs.reasoning:
                 reasoning_usage.add(r.usage)

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from ..config import AnnotationConfig
-from ..images import EncodedImage
+from ..images import EncodedImage, open_as_seen
 from ..records import Sample
 from . import Annotations
 from .queries import grounding_queries
@@ -114,9 +114,8 @@ class Annotator:
             ann.route.append("skipped: source not routed")
             return ann
         # The original file, not the downscaled copy: small text matters here. Multi-image rows
-        # are annotated on their first image.
-        with Image.open(images[0].resolved) as opened:
-            image = opened.convert("RGB")
+        # are annotated on their first image, upright and with transparency on white, as the VLM sees it.
+        image = await asyncio.to_thread(open_as_seen, images[0].resolved)
         if do_ocr:
             ann.ocr = await self._ocr(image)
             ann.route.append(f"ocr:{self.ocr_backend.name}")
