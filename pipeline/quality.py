@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .client import ModelClient
+from .llm import ModelClient
 from .config import ConvertConfig
 from .filters import Drop, FilterChain, FilterStats, Trace
 from .filters.rules import (ConsistencyFilter, DegenerateFilter, FormatFilter, HintLeakFilter, LanguageFilter,

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from . import __version__
-from .client import EndpointCheckFailed, ModelClient
+from .llm import EndpointCheckFailed, ModelClient
 from .config import ConvertConfig
 from .counters import RunCounters
 from .dedup import Decontaminator, Deduplicator, file_hashes, load_benchmark_questions
@@ -77,29 +77,31 @@ def gpt_turn(reasoning: str, answer: str) -> str:
 
 
 class Converter:
-    def __init__(self, cfg: ConvertConfig, progress: bool | None = None):
+    def __init__(self, cfg: ConvertConfig, progress: bool | None = None, schedulers: dict[str, Any] | None = None):
+        """`schedulers`: role -> a Scheduler shared with other shards of a build (pipeline.llm.scheduling)."""
         cfg.require_run_fields()
+        self.schedulers = schedulers or {}
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.counters = RunCounters()
         self.show_progress = cfg.progress if progress is None else progress
 
     async def run(self) -> dict[str, Any]:
-        from .store import ResponseStore
+        from .llm import ResponseStore
 
         cfg = self.cfg
-        vlm = ModelClient(cfg.vlm, "vlm")
-        reasoner = ModelClient(cfg.reasoner, "reasoner")
+        vlm = ModelClient(cfg.vlm, "vlm", scheduler=self.schedulers.get("vlm"))
+        reasoner = ModelClient(cfg.reasoner, "reasoner", scheduler=self.schedulers.get("reasoner"))
         self.clients = {"vlm": vlm, "reasoner": reasoner}
         judge = None
         if cfg.judge.enabled:
-            judge = self.clients["judge"] = ModelClient(cfg.judge, "judge")
+            judge = self.clients["judge"] = ModelClient(cfg.judge, "judge", scheduler=self.schedulers.get("judge"))
         store = None
         try:
             # Fail fast, before anything is read or written.
             await asyncio.gather(*(cl.check() for cl in self.clients.values()))
             self.out.mkdir(parents=True, exist_ok=True)
-            store = ResponseStore(cfg.resolved_cache_path)
+            store = ResponseStore(cfg.resolved_cache_path, cfg.store.mode, cfg.store.local_dir, cfg.store.checkpoint_s)
             for cl in self.clients.values():
                 cl.store = store
             prompts = PromptLibrary(cfg.prompts.directory)
