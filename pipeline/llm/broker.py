@@ -100,14 +100,20 @@ class RayScheduler:
         return ray.get(self.actor.cooldowns.remote())
 
 
+def broker_actor(scope: str, role: str, urls: list[str], per_replica: int, failures_before_cooldown: int,
+                 cooldown_s: float) -> Any:
+    """The build's broker actor for `role`, created by the first caller (the flow's driver)."""
+    return _actor_class().options(name=f"coldstart-slots:{scope}:{role}", namespace="coldstart",
+                                  get_if_exists=True).remote(urls, per_replica, failures_before_cooldown,
+                                                             cooldown_s, role)
+
+
 def ray_scheduler(scope: str, role: str, urls: list[str], per_replica: int, failures_before_cooldown: int,
                   cooldown_s: float, owner: str) -> RayScheduler:
-    """The build's broker for `role` (created by the first shard that asks), with this shard's
-    leases from any earlier attempt returned."""
+    """A shard's handle on the build's broker for `role`, with the leases an earlier attempt of
+    the same shard still held returned first."""
     import ray
 
-    name = f"coldstart-slots:{scope}:{role}"
-    actor = _actor_class().options(name=name, namespace="coldstart", get_if_exists=True).remote(
-        urls, per_replica, failures_before_cooldown, cooldown_s, role)
+    actor = broker_actor(scope, role, urls, per_replica, failures_before_cooldown, cooldown_s)
     ray.get(actor.release_owner.remote(owner))
     return RayScheduler(actor, owner)
