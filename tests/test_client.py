@@ -103,6 +103,14 @@ def test_gives_up_after_max_attempts(store):
         assert len(store) == 0
 
 
+def test_a_client_error_event_mid_stream_rejects_the_row_without_retrying(store):
+    with SimServer(SimConfig(models=["r1"], perror=1.0, error_code=400, max_faults_per_key=5)) as sim:
+        with pytest.raises(RequestFailed) as exc:
+            run(_chat(endpoint(sim), store))
+        assert exc.value.reason == "request_rejected" and "400" in exc.value.detail
+        assert sim.stats()["requests"] == 1 and len(store) == 0
+
+
 def test_client_error_is_not_retried(store):
     with SimServer(SimConfig(models=["r1"])) as sim:
         with pytest.raises(RequestFailed) as exc:

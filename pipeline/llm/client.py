@@ -24,7 +24,7 @@ from ..records import ChatResult, Usage
 from .cache import ResponseStore, canonical_messages, request_key
 from .completion import parse_completion
 from .scheduling import ReplicaScheduler, Scheduler
-from .transport import is_retryable, make_api, retry_after_seconds, stream_chat
+from .transport import StreamError, is_retryable, make_api, retry_after_seconds, stream_chat
 
 log = logging.getLogger("coldstart.client")
 
@@ -189,7 +189,7 @@ class ModelClient:
                     replica.sent += 1
                     self.stats.sent += 1
                     return raw
-        except openai.APIStatusError as exc:
+        except (openai.APIStatusError, StreamError) as exc:
             self.stats.failed += 1
             raise RequestFailed(
                 "request_failed" if is_retryable(exc) else "request_rejected",

@@ -145,13 +145,14 @@ class ReplicaScheduler:
     async def acquire(self, priority: int, order: int) -> int:
         loop = asyncio.get_running_loop()
         with self._lock:
-            if not any(not w[4].done() for w in self._waiters):
+            if not self._waiters:
                 index = self._free_replica(time.monotonic())
                 if index is not None:
                     self._take(index)
                     return index
             fut: asyncio.Future[int] = loop.create_future()
             heapq.heappush(self._waiters, (priority, order, next(self._seq), loop, fut))
+            self._dispatch_locked()  # a free slot behind cancelled waiters goes out now, by priority
         try:
             while True:
                 # Benched replicas come back by the clock, not by a release: wake then and re-dispatch.

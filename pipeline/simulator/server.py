@@ -36,7 +36,8 @@ class SimConfig(BaseModel):
     pdrop: float = 0.0  # the connection drops halfway through the generation
     pstall: float = 0.0  # a stream goes silent halfway for stall_s (a hung server or network)
     stall_s: float = 5.0
-    perror: float = 0.0  # a stream ends halfway with an error event (code 500), as vLLM reports engine errors
+    perror: float = 0.0  # a stream ends halfway with an error event, as vLLM reports engine errors
+    error_code: int = 500  # the code in that event
     retry_after_s: float = 0.05
     max_faults_per_key: int = 3  # faults injected per distinct request, so retries eventually succeed
     wrong_rate: float = 0.0  # share of questions the simulated reasoner answers wrongly
@@ -253,7 +254,8 @@ class SimServer:
             if k == steps // 2 and fault == "error":
                 self.status_counts["error"] += 1
                 err = {"error": {"message": "EngineCore encountered an issue (simulated)",
-                                 "type": "InternalServerError", "param": None, "code": 500}}
+                                 "type": "InternalServerError" if cfg.error_code >= 500 else "BadRequestError",
+                                 "param": None, "code": cfg.error_code}}
                 await resp.write(b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n")
                 await resp.write_eof()
                 return None
