@@ -111,7 +111,8 @@ class Converter:
             self.decontam = (Decontaminator(load_benchmark_questions(cfg.dedup.benchmark_questions),
                                             cfg.dedup.ngram, cfg.dedup.threshold)
                              if cfg.dedup.benchmark_questions else None)
-            results = ResultTable(self.out / ".state" / "outcomes.sqlite")
+            # Scratch, rebuilt every run; on node-local disk when the store is published (network filesystems).
+            results = ResultTable(store.scratch_path("outcomes.sqlite", self.out / ".state" / "outcomes.sqlite"))
             # spawn: forking a process that runs an event loop and SQLite handles is unsafe.
             pool = ProcessPoolExecutor(cfg.verify_workers, mp_context=multiprocessing.get_context("spawn"))
             progress = Progress(self.counters, self.clients, enabled=self.show_progress)

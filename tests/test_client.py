@@ -171,18 +171,26 @@ def test_truncated_output_is_rejected_not_kept(store):
         assert exc.value.reason == "truncated"
 
 
+async def _check(cfg):
+    client = ModelClient(cfg, "reasoner")
+    try:
+        await client.check()
+    finally:
+        await client.close()
+
+
 def test_endpoint_check_fails_fast(store):
     with SimServer(SimConfig(models=["r1"])) as sim:
-        run(ModelClient(endpoint(sim), "reasoner").check())
+        run(_check(endpoint(sim)))
         with pytest.raises(EndpointCheckFailed, match="does not serve model 'r2'; it serves: r1"):
-            run(ModelClient(endpoint(sim, model="r2"), "reasoner").check())
+            run(_check(endpoint(sim, model="r2")))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = EndpointConfig(url=f"http://127.0.0.1:{port}/v1", model="r1")
     t0 = time.monotonic()
     with pytest.raises(EndpointCheckFailed, match="unreachable"):
-        run(ModelClient(cfg, "reasoner").check())
+        run(_check(cfg))
     assert time.monotonic() - t0 < 20
 
 

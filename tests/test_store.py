@@ -57,6 +57,7 @@ def test_publish_mode_writes_locally_and_publishes_a_complete_rollback_journal_c
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # no WAL, no -shm on the share
     conn.close()
     assert sorted(p.name for p in shared.parent.iterdir()) == ["responses.sqlite"]  # no temp files left
+    assert store.scratch_path("outcomes.sqlite", tmp_path / "x").parent == node_a
     # Another node resumes from the published copy.
     again = ResponseStore(shared, "publish", node_b)
     assert again.get("k3") == {"choices": [{"message": {"content": "3"}}]} and len(again) == 5
@@ -125,3 +126,22 @@ def test_kill_9_loses_nothing_on_the_same_node_and_at_most_the_last_checkpoint_e
     other = ResponseStore(shared, "publish", tmp_path / "other-node")
     assert other.keys() >= published
     other.close()
+
+
+def test_a_convert_run_in_publish_mode_leaves_only_a_published_store_on_the_share(tmp_path, sims, demo_set):
+    from .test_convert_e2e import convert_in_process, output_files
+
+    vlm, reasoner = sims
+    input_path, image_root = demo_set
+    node = tmp_path / "node-local"
+    convert_in_process(input_path, image_root, tmp_path / "direct", vlm, reasoner)
+    m = convert_in_process(input_path, image_root, tmp_path / "shared", vlm, reasoner,
+                           store={"mode": "publish", "local_dir": node})
+    assert output_files(tmp_path / "shared") == output_files(tmp_path / "direct")
+    state = tmp_path / "shared" / ".state"
+    assert sorted(p.name for p in state.iterdir()) == ["responses.sqlite"]  # no -wal/-shm, no scratch
+    assert len(_keys(state / "responses.sqlite")) == m["endpoints"]["vlm"]["sent"] + m["endpoints"]["reasoner"]["sent"]
+    # Run again from another node: everything comes from the published copy.
+    again = convert_in_process(input_path, image_root, tmp_path / "shared", vlm, reasoner,
+                               store={"mode": "publish", "local_dir": tmp_path / "other-node"})
+    assert again["endpoints"]["vlm"]["sent"] + again["endpoints"]["reasoner"]["sent"] == 0

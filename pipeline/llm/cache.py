@@ -196,6 +196,13 @@ class ResponseStore:
         if self.path.exists():
             _copy_db(self.path, self.work_path, "WAL", src_immutable=True)
 
+    def scratch_path(self, name: str, default: Path) -> Path:
+        """Where a run's other scratch SQLite (e.g. the outcome table) belongs: beside the working
+        copy on node-local disk in publish mode, `default` otherwise."""
+        if self.mode != "publish":
+            return default
+        return self.work_path.with_name(self.work_path.name.split("-", 1)[0] + "-" + name)
+
     # ---- responses ----------------------------------------------------------------------------
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
