@@ -45,11 +45,6 @@ class EndpointConfig(_Strict):
     def endpoints(self) -> list[str]:
         return list(self.urls) if self.urls else ([self.url] if self.url else [])
 
-    @property
-    def capacity(self) -> int:
-        """Requests in flight when every replica is full."""
-        return self.max_concurrency * len(self.endpoints)
-
     @model_validator(mode="before")
     @classmethod
     def _removed_keys(cls, data: Any) -> Any:
@@ -230,8 +225,7 @@ class ConvertConfig(_Strict):
     def _check(self) -> "ConvertConfig":
         if self.max_in_flight is None:
             # Enough samples that every slot of every replica of both roles stays busy while others
-            # wait between stages.
-            # (Before the URLs are known a role counts as one replica.)
+            # wait between stages (before the URLs are known a role counts as one replica).
             self.max_in_flight = 2 * sum(r.max_concurrency * max(1, len(r.endpoints)) for r in (self.vlm, self.reasoner))
         return self
 
