@@ -10,9 +10,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.build import ShardSpec, markdown_summary, merge, plan, run_shard
+from pipeline.build import ShardSpec, markdown_summary, merge, plan, run_shard, shard_roles
 from pipeline.build_config import BuildConfig, load_build_config
 from pipeline.vllm_helper import wait_for_health
 
@@ -26,9 +27,34 @@ def convert_shard(spec: ShardSpec) -> dict[str, Any]:
     return result
 
 
+def open_ray_brokers(specs: list[ShardSpec]) -> list[Any]:
+    """Create the build's capacity brokers from this (driver) process, so they live as long as the
+    flow, not as long as whichever shard's worker happened to create them first."""
+    if not specs or specs[0].broker != "ray":
+        return []
+    from pipeline.config import ConvertConfig
+    from pipeline.llm.broker import broker_actor
+
+    spec = specs[0]
+    return [broker_actor(spec.scope, role, ep.endpoints, ep.max_concurrency, ep.failures_before_cooldown,
+                         ep.cooldown_s)
+            for role, ep in shard_roles(ConvertConfig.model_validate(spec.config)).items()]
+
+
 @flow(name="run-shards")
-def run_shards(specs: list[ShardSpec]) -> list[dict[str, Any]]:
-    futures = convert_shard.map(specs)
+def run_shards(specs: list[ShardSpec], max_parallel: int | None = None) -> list[dict[str, Any]]:
+    """Run the shards, at most `max_parallel` at a time whatever the task runner (Ray would start
+    them all at once): a new shard starts when one finishes."""
+    brokers = open_ray_brokers(specs)  # noqa: F841 (held for the flow's lifetime)
+    limit = max_parallel or len(specs) or 1
+    futures: list[Any] = []
+    running: list[Any] = []
+    for spec in specs:
+        if len(running) >= limit:
+            running.remove(next(as_completed(running)))
+        fut = convert_shard.submit(spec)
+        futures.append(fut)
+        running.append(fut)
     results, failed = [], []
     for spec, fut in zip(specs, futures):
         try:
@@ -61,7 +87,7 @@ def build_cold_start(config: str | dict[str, Any]) -> dict[str, Any]:
     specs = plan(build)
     logger.info("build %s: %d shards over %d datasets -> %s", build.name, len(specs), len(build.datasets),
                 build.build_dir)
-    results = run_shards.with_options(task_runner=task_runner(build))(specs)
+    results = run_shards.with_options(task_runner=task_runner(build))(specs, max_parallel=build.parallel_shards)
     manifest = merge(build, results)
     create_markdown_artifact(key=f"build-{build.name}".lower().replace("_", "-").replace(".", "-"),
                              markdown=markdown_summary(manifest), description="Funnel and usage of the build")

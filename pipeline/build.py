@@ -4,6 +4,11 @@ Shards are slices of each dataset's item stream (every `shard_rows` used items),
 input and config always give the same shards. A shard that finished with the same fingerprint
 (the settings that determine its output, not concurrency or URLs) is reused as is; an unfinished
 one resumes from its response store. The orchestrator (flows/) only decides where shards run.
+
+Shards of one build that run at the same time share the endpoints' capacity instead of owning
+fixed slices: shards on threads of one process share one ReplicaScheduler per role; shards in Ray
+workers share a named Ray actor per role (pipeline/llm/broker.py). Either way a free slot goes to
+whichever shard has a request waiting, and no replica gets more than its max_concurrency.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import os
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +35,9 @@ from .writers import PARQUET_SCHEMA, atomic_open, dataset_info, write_json
 
 SUCCESS = "_SUCCESS"
 # Settings that change how fast a shard runs, not what it writes: not part of its fingerprint.
-_OPERATIONAL = {"progress", "max_concurrency", "max_in_flight", "verify_workers", "url", "urls", "timeout_s",
+_OPERATIONAL = {"progress", "max_concurrency", "max_in_flight", "verify_workers", "url", "urls", "idle_timeout_s",
                 "max_attempts", "max_backoff_s", "api_key_env", "cache_path", "out", "failures_before_cooldown",
-                "cooldown_s"}
+                "cooldown_s", "store"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class ShardSpec:
     items: int  # items this shard will use
     out: str
     config: dict[str, Any]  # the shard's ConvertConfig, JSON-able
+    scope: str = ""  # the build whose running shards share endpoint capacity ("": none shared)
+    broker: str = "process"  # "process": one scheduler per role in this process; "ray": a named Ray actor
 
     @property
     def label(self) -> str:
@@ -52,20 +59,22 @@ class ShardSpec:
 
 
 def dataset_convert_config(build: BuildConfig, ds: DatasetSpec, **extra: Any) -> ConvertConfig:
+    # max_concurrency stays per replica: running shards share it (see the module docstring).
     base = build.convert.model_dump(mode="json")
-    split = max(1, build.parallel_shards)
-    for role in ("vlm", "reasoner", "judge"):
-        base[role]["max_concurrency"] = math.ceil(base[role]["max_concurrency"] / split)
-    base["max_in_flight"] = None  # re-derived from the split concurrency
     base.update(source_format=ds.source_format, input=str(ds.input), image_root=str(ds.image_root),
                 source_name=ds.name, columns=ds.columns.model_dump(), sample_fraction=ds.weight,
                 limit=None, progress=False, **extra)
     return ConvertConfig.model_validate(base)
 
 
+def capacity_scope(build: BuildConfig) -> str:
+    return f"{build.name}-{hashlib.sha256(str(build.build_dir.resolve()).encode()).hexdigest()[:10]}"
+
+
 def plan(build: BuildConfig) -> list[ShardSpec]:
     """Walk each input once and cut it into shards of `shard_rows` used items (cap applied)."""
     specs: list[ShardSpec] = []
+    scope, broker = capacity_scope(build), "ray" if build.runner == "ray" else "process"
     for ds in build.datasets:
         cfg = dataset_convert_config(build, ds)
         bounds: list[tuple[int, int, int]] = []
@@ -89,7 +98,8 @@ def plan(build: BuildConfig) -> list[ShardSpec]:
             out = build.build_dir / "shards" / ds.name / f"shard-{i:05d}-of-{n:05d}"
             shard_cfg = dataset_convert_config(build, ds, row_start=lo, row_stop=hi, out=str(out),
                                                shard_rows=build.convert.shard_rows)
-            specs.append(ShardSpec(ds.name, i, n, lo, hi, items, str(out), shard_cfg.model_dump(mode="json")))
+            specs.append(ShardSpec(ds.name, i, n, lo, hi, items, str(out), shard_cfg.model_dump(mode="json"),
+                                   scope, broker))
     return specs
 
 
@@ -104,23 +114,50 @@ def fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(strip(config), sort_keys=True).encode()).hexdigest()
 
 
+def shard_roles(cfg: ConvertConfig) -> dict[str, Any]:
+    roles: dict[str, Any] = {"vlm": cfg.vlm, "reasoner": cfg.reasoner}
+    if cfg.judge.enabled:
+        roles["judge"] = cfg.judge
+    return roles
+
+
+def shard_schedulers(spec: ShardSpec, cfg: ConvertConfig) -> dict[str, Any]:
+    """The schedulers this shard shares with the build's other running shards, by role."""
+    if not spec.scope:
+        return {}
+    out: dict[str, Any] = {}
+    for role, ep in shard_roles(cfg).items():
+        args = (spec.scope, role, ep.endpoints, ep.max_concurrency, ep.failures_before_cooldown, ep.cooldown_s)
+        if spec.broker == "ray":
+            from .llm.broker import ray_scheduler
+
+            out[role] = ray_scheduler(*args, owner=spec.label)
+        else:
+            from .llm.scheduling import shared_scheduler
+
+            out[role] = shared_scheduler(*args)
+    return out
+
+
 def run_shard(spec: ShardSpec) -> dict[str, Any]:
     """Convert one shard, or reuse it when it already finished with the same fingerprint."""
     from .runner import Converter
 
+    started = time.time()
     out = Path(spec.out)
     fp = fingerprint(spec.config)
     marker = out / SUCCESS
     if marker.is_file() and marker.read_text().strip() == fp and (out / "manifest.json").is_file():
         manifest = json.loads((out / "manifest.json").read_text())
         return {**asdict(spec), "status": "reused", "counts": manifest["counts"],
-                "usage_by_stage": manifest.get("usage_by_stage", {})}
+                "usage_by_stage": manifest.get("usage_by_stage", {}), "ran": [started, time.time()]}
     marker.unlink(missing_ok=True)
-    manifest = asyncio.run(Converter(ConvertConfig.model_validate(spec.config)).run())
+    cfg = ConvertConfig.model_validate(spec.config)
+    manifest = asyncio.run(Converter(cfg, schedulers=shard_schedulers(spec, cfg)).run())
     with atomic_open(marker) as fh:
         fh.write(fp + "\n")
     return {**asdict(spec), "status": "ran", "counts": manifest["counts"],
-            "usage_by_stage": manifest.get("usage_by_stage", {})}
+            "usage_by_stage": manifest.get("usage_by_stage", {}), "ran": [started, time.time()]}
 
 
 def _rebase(paths: list[str], shard_out: Path, build_dir: Path) -> list[str]:
@@ -198,7 +235,8 @@ def merge(build: BuildConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
         "datasets": per_dataset,
         "usage_by_stage": {s: u.model_dump() for s, u in usage.items()},
         "shards": [{"label": f"{r['dataset']}/shard-{r['shard']:05d}", "status": r["status"],
-                    "rows": [r["row_start"], r["row_stop"]], **{k: r["counts"][k] for k in ("read", "kept", "rejected")}}
+                    "rows": [r["row_start"], r["row_stop"]], **{k: r["counts"][k] for k in ("read", "kept", "rejected")},
+                    "ran_unix": r.get("ran")}  # [start, end]: shows how many shards ran at once
                    for r in results],
         "files": {"dataset_info": "dataset_info.json", "rejects": "rejects.jsonl",
                   "parquet": {ds.name: f"data/{ds.name}/" for ds in build.datasets},

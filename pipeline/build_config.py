@@ -53,7 +53,7 @@ class BuildConfig(_Strict):
     datasets: list[DatasetSpec] = Field(min_length=1)
     convert: ConvertConfig = Field(default_factory=ConvertConfig)  # endpoints, stages, quality, ...
     shard_rows: int = Field(2000, ge=1)  # input items per shard
-    parallel_shards: int = Field(4, ge=1)  # shards in flight; endpoint concurrency is split between them
+    parallel_shards: int = Field(4, ge=1)  # shards in flight (local and Ray); they share endpoint capacity
     runner: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # e.g. "ray://head:10001"; None starts a local Ray
     ray_num_cpus: int | None = Field(None, ge=1)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .config import ConvertConfig, SourceFormat, load_config
-from .client import EndpointCheckFailed
+from .llm import EndpointCheckFailed
 
 app = typer.Typer(add_completion=False, help="Build cold-start reasoning datasets for VLMs by modality bridging.")
 err = Console(stderr=True)

@@ -35,7 +35,9 @@ class EndpointConfig(_Strict):
     max_concurrency: int = Field(64, ge=1)  # requests in flight to each replica (its --max-num-seqs)
     failures_before_cooldown: int = Field(3, ge=1)  # consecutive failures that bench a replica
     cooldown_s: float = Field(30.0, ge=0)
-    timeout_s: float = Field(900.0, gt=0)  # one request, including a long R1 generation
+    # Responses stream: the longest silence allowed (also the connect / first-byte limit). No total
+    # limit: a 16K-token R1 trace that keeps producing tokens is never cut.
+    idle_timeout_s: float = Field(300.0, gt=0)
     max_attempts: int = Field(8, ge=1)  # tries per request before the row is rejected
     max_backoff_s: float = Field(60.0, gt=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -43,6 +45,14 @@ class EndpointConfig(_Strict):
     @property
     def endpoints(self) -> list[str]:
         return list(self.urls) if self.urls else ([self.url] if self.url else [])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "timeout_s" in data:
+            raise ValueError("timeout_s was removed: responses stream and are cut only after idle_timeout_s "
+                             "of silence (default 300); replace timeout_s with idle_timeout_s")
+        return data
 
 
 # Role-specific classes, so a partial section in YAML or flags keeps its role's defaults.
@@ -213,6 +223,16 @@ class PromptConfig(_Strict):
     directory: Path | None = None  # defaults to the project's prompts/
 
 
+class StoreConfig(_Strict):
+    """Where the response store is written (see pipeline/llm/cache.py)."""
+
+    # auto: a node-local working copy published atomically when the store path is on a network
+    # filesystem (SQLite WAL does not work there), else one SQLite file written in place.
+    mode: Literal["auto", "direct", "publish"] = "auto"
+    local_dir: Path | None = None  # node-local folder for the working copy; None: $TMPDIR/coldstart-stores
+    checkpoint_s: float = Field(60.0, gt=0)  # publish at least this often (publish mode)
+
+
 class ConvertConfig(_Strict):
     source_format: SourceFormat = "llava-cot"
     input: Path | None = None
@@ -255,13 +275,15 @@ class ConvertConfig(_Strict):
     verify_workers: int = Field(1, ge=1)  # processes for answer checking (math-verify is CPU-bound)
     shard_rows: int = Field(5000, ge=1)
     cache_path: Path | None = None  # response store; defaults to <out>/.state/responses.sqlite
+    store: StoreConfig = Field(default_factory=StoreConfig)
     progress: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> "ConvertConfig":
         if self.max_in_flight is None:
-            # Enough samples that both endpoints stay saturated while others wait between stages.
-            self.max_in_flight = 2 * (self.vlm.max_concurrency + self.reasoner.max_concurrency)
+            # Enough samples that every slot of every replica of both roles stays busy while others
+            # wait between stages (before the URLs are known a role counts as one replica).
+            self.max_in_flight = 2 * sum(r.max_concurrency * max(1, len(r.endpoints)) for r in (self.vlm, self.reasoner))
         if self.answer_regex is not None:
             try:
                 re.compile(self.answer_regex)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .client import ModelClient
+from .llm import ModelClient
 from .counters import RunCounters
 from .stages import STAGES
 

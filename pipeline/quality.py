@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .client import ModelClient
+from .llm import ModelClient
 from .config import ConvertConfig
 from .filters import Drop, FilterChain, FilterStats, Trace
 from .filters.rules import (ConsistencyFilter, DegenerateFilter, FormatFilter, HintLeakFilter, LanguageFilter,

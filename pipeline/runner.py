@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from . import __version__
-from .client import EndpointCheckFailed, ModelClient
+from .llm import EndpointCheckFailed, ModelClient
 from .config import ConvertConfig
 from .counters import RunCounters
 from .dedup import Decontaminator, Deduplicator, file_hashes, load_benchmark
@@ -91,9 +91,11 @@ def gpt_turn(reasoning: str, answer: str) -> str:
 
 
 class Converter:
-    def __init__(self, cfg: ConvertConfig, progress: bool | None = None):
+    def __init__(self, cfg: ConvertConfig, progress: bool | None = None, schedulers: dict[str, Any] | None = None):
+        """`schedulers`: role -> a Scheduler shared with other shards of a build (pipeline.llm.scheduling)."""
         cfg.require_run_fields()
         check_input(cfg)  # a wrong column name or an unreadable input fails here, before any request
+        self.schedulers = schedulers or {}
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.counters = RunCounters()
@@ -101,20 +103,21 @@ class Converter:
         self.show_progress = cfg.progress if progress is None else progress
 
     async def run(self) -> dict[str, Any]:
-        from .store import ResponseStore
+        from .llm import ResponseStore
 
         cfg = self.cfg
-        vlm = ModelClient(cfg.vlm, "vlm")
-        reasoner = ModelClient(cfg.reasoner, "reasoner")
+        vlm = ModelClient(cfg.vlm, "vlm", scheduler=self.schedulers.get("vlm"))
+        reasoner = ModelClient(cfg.reasoner, "reasoner", scheduler=self.schedulers.get("reasoner"))
         self.clients = {"vlm": vlm, "reasoner": reasoner}
         judge = None
         if cfg.judge.enabled:
-            judge = self.clients["judge"] = ModelClient(cfg.judge, "judge")
+            judge = self.clients["judge"] = ModelClient(cfg.judge, "judge", scheduler=self.schedulers.get("judge"))
         self.answer_judge: AnswerJudge | None = None
         if cfg.verify.judge.enabled:
             # The template is loaded here so a missing prompt fails before the first request.
             library = PromptLibrary(cfg.prompts.directory)
-            self.answer_judge = AnswerJudge(ModelClient(cfg.verify.judge, "answer_judge"),
+            self.answer_judge = AnswerJudge(ModelClient(cfg.verify.judge, "answer_judge",
+                                                        scheduler=self.schedulers.get("answer_judge")),
                                             library.get(cfg.prompts.answer_judge),
                                             QuestionRenderer(library, cfg.prompts.question))
             self.clients["answer_judge"] = self.answer_judge.client
@@ -124,7 +127,7 @@ class Converter:
             # Fail fast, before anything is read or written.
             await asyncio.gather(*(cl.check() for cl in self.clients.values()))
             self.out.mkdir(parents=True, exist_ok=True)
-            store = ResponseStore(cfg.resolved_cache_path)
+            store = ResponseStore(cfg.resolved_cache_path, cfg.store.mode, cfg.store.local_dir, cfg.store.checkpoint_s)
             for cl in self.clients.values():
                 cl.store = store
             prompts = PromptLibrary(cfg.prompts.directory)
@@ -137,7 +140,8 @@ class Converter:
             self.decontam = (Decontaminator(load_benchmark(cfg.dedup.benchmark_questions),
                                             cfg.dedup.ngram, cfg.dedup.threshold, cfg.dedup.min_specific_words)
                              if cfg.dedup.benchmark_questions else None)
-            results = ResultTable(self.out / ".state" / "outcomes.sqlite")
+            # Scratch, rebuilt every run; on node-local disk when the store is published (network filesystems).
+            results = ResultTable(store.scratch_path("outcomes.sqlite", self.out / ".state" / "outcomes.sqlite"))
             progress = Progress(self.counters, self.clients, enabled=self.show_progress)
             self.counters.total = estimate_total(cfg)
             progress.start()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .client import ModelClient, RequestFailed
+from .llm import ModelClient, RequestFailed
 from .filters import Drop, FilterStats
 from .annotate import Annotations
 from .filters.leaks import answer_leak

@@ -149,16 +149,68 @@ def test_cross_shard_duplicate_is_removed_at_merge(tmp_path, sims, inputs):
         assert mine["messages"][0]["content"].replace("Question: ", "") == other["conversations"][0]["value"]
 
 
-def test_ray_runner_gives_the_same_output_as_local_threads(tmp_path, sims, inputs):
+def _max_overlap(manifest: dict) -> int:
+    """The most shards that were running at the same moment (from their [start, end] times)."""
+    events = sorted([(s["ran_unix"][0], 1) for s in manifest["shards"]] + [(s["ran_unix"][1], -1) for s in manifest["shards"]],
+                    key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_ray_runner_gives_the_same_output_as_local_threads_and_is_bounded(tmp_path, inputs):
     from flows.build_flow import build_cold_start
 
-    build_cold_start(config=build_config(tmp_path, sims, inputs, "local"))
-    build_cold_start(config=build_config(tmp_path, sims, inputs, "ray", runner="ray", ray_num_cpus=2))
+    # Servers with more slots than the client may use, so the client's own bound is what shows.
+    vlm, reasoner = start_sims(vlm={"slots": 64, "per_token_s": 0.001},
+                               reasoner={"slots": 64, "per_token_s": 0.0005, "wrong_rate": 0.2})
+    try:
+        def config(name, **over):
+            cfg = build_config(tmp_path, (vlm, reasoner), inputs, name, **over)
+            cfg["convert"]["vlm"]["max_concurrency"] = cfg["convert"]["reasoner"]["max_concurrency"] = 3
+            return cfg
+
+        build_cold_start(config=config("local"))
+        reset_sim(vlm), reset_sim(reasoner)
+        # 4 CPUs: Ray alone would start 4 of the 5 shards at once; parallel_shards=2 allows 2.
+        build_cold_start(config=config("ray", runner="ray", ray_num_cpus=4))
+        # Shards in different processes share one broker per role: never more than the replica's slots.
+        assert sim_stats(vlm)["max_active"] <= 3 and sim_stats(reasoner)["max_active"] <= 3
+    finally:
+        vlm.stop(), reasoner.stop()
     for name in ("llava_cot.jsonl", "mulberry.jsonl", "rejects.jsonl", "dataset_info.json"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     local = json.loads((tmp_path / "local" / "manifest.json").read_text())
     ray_m = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert ray_m["counts"] == local["counts"] and ray_m["datasets"] == local["datasets"]
+    assert _max_overlap(ray_m) <= 2 and _max_overlap(local) <= 2
+
+
+def test_running_shards_share_endpoint_capacity_instead_of_fixed_slices(tmp_path, inputs):
+    """A shard running alone gets every slot (no fixed 1/parallel_shards slice), and shards running
+    together never exceed the replica's max_concurrency between them."""
+    from flows.build_flow import build_cold_start
+
+    vlm, reasoner = start_sims(vlm={"slots": 64, "per_token_s": 0.002},
+                               reasoner={"slots": 64, "per_token_s": 0.0005})
+    try:
+        def config(name, shard_rows):
+            cfg = build_config(tmp_path, (vlm, reasoner), inputs, name, shard_rows=shard_rows, parallel_shards=3)
+            cfg["datasets"] = cfg["datasets"][:1]  # llava_cot: 12 rows
+            cfg["convert"]["vlm"]["max_concurrency"] = cfg["convert"]["reasoner"]["max_concurrency"] = 6
+            return cfg
+
+        build_cold_start(config=config("alone", shard_rows=100))  # one shard, parallel_shards=3
+        alone = sim_stats(vlm)["max_active"]
+        reset_sim(vlm), reset_sim(reasoner)
+        build_cold_start(config=config("together", shard_rows=4))  # three shards at once
+        together = sim_stats(vlm)["max_active"], sim_stats(reasoner)["max_active"]
+    finally:
+        vlm.stop(), reasoner.stop()
+    assert alone == 6  # a fixed slice would have been 6 / 3 = 2
+    assert together[0] <= 6 and together[1] <= 6
 
 
 def test_several_replicas_one_failing_loses_no_rows(tmp_path):

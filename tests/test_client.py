@@ -1,16 +1,20 @@
-"""The model client against the simulated endpoint over real HTTP."""
+"""The model client against the simulated endpoint over real HTTP: streamed responses, idle
+cuts and retries, the response store, replica scheduling shared between event loops."""
 
 import asyncio
+import math
 import socket
+import threading
 import time
 
 import pytest
 
-from pipeline.client import EndpointCheckFailed, ModelClient, PrioritySlots, RequestFailed, split_reasoning
-from pipeline.config import EndpointConfig, SamplingConfig
+from pipeline.config import ConvertConfig, EndpointConfig, SamplingConfig
+from pipeline.llm import (EndpointCheckFailed, ModelClient, PrioritySlots, ReplicaScheduler, RequestFailed,
+                          ResponseStore, split_reasoning)
+from pipeline.llm.completion import IncompleteStream, StreamAssembler
 from pipeline.simulator import SimConfig, SimServer
 from pipeline.stages import Stages, StageRejected
-from pipeline.store import ResponseStore
 
 PROMPT = [{"role": "user", "content": "Looking closely, the decisive detail for the question is 7. Question: what is it?"}]
 
@@ -39,14 +43,48 @@ async def _chat(cfg, store, messages=PROMPT, **kw):
         await client.close()
 
 
-@pytest.mark.parametrize("fault", ["p429", "p500", "pdrop"])
+@pytest.mark.parametrize("fault", ["p429", "p500", "pdrop", "pstall", "perror"])
 def test_retries_each_fault_kind_then_succeeds(store, fault):
-    with SimServer(SimConfig(models=["r1"], **{fault: 1.0}, max_faults_per_key=2, retry_after_s=0.01)) as sim:
-        result, client = run(_chat(endpoint(sim), store))
-        assert "\\boxed{7}" in result.content or "7" in result.content
+    # pdrop: the connection drops mid-stream; pstall: the stream goes silent longer than the idle
+    # timeout; perror: an error event (code 500) mid-stream. Each is cut, retried, then succeeds.
+    sim_cfg = SimConfig(models=["r1"], **{fault: 1.0}, max_faults_per_key=2, retry_after_s=0.01, stall_s=5)
+    with SimServer(sim_cfg) as sim, SimServer(SimConfig(models=["r1"])) as clean:
+        t0 = time.monotonic()
+        result, client = run(_chat(endpoint(sim, idle_timeout_s=0.4), store))
+        assert time.monotonic() - t0 < 5  # a stall was cut by the idle timeout, not waited out
+        assert "7" in result.content
         assert client.stats.retries == 2 and client.stats.sent == 1
         stats = sim.stats()
         assert stats["requests"] == 3 and stats["completed"] == 1
+        assert sum(v for k, v in stats["status_counts"].items() if k != "200") == 2
+        # The result is the one complete response, not a piece of a cut one.
+        reference, _ = run(_chat(endpoint(clean), ResponseStore(store.path.with_name("clean.sqlite"))))
+        assert (result.content, result.reasoning, result.usage) == (
+            reference.content, reference.reasoning, reference.usage)
+        assert result.finish_reason == "stop" and result.usage.completion_tokens > 0
+
+
+def test_stream_longer_than_idle_timeout_is_not_cut_while_tokens_flow(store):
+    # ~40 tokens, one every 50 ms: about 2 s of streaming under a 0.5 s idle timeout.
+    sim_cfg = SimConfig(models=["r1"], per_token_s=0.05, length_mu=math.log(25), length_sigma=0.01)
+    with SimServer(sim_cfg) as sim:
+        t0 = time.monotonic()
+        result, client = run(_chat(endpoint(sim, idle_timeout_s=0.5), store))
+        elapsed = time.monotonic() - t0
+        assert elapsed > 1.5, elapsed
+        assert client.stats.retries == 0 and sim.stats()["requests"] == 1
+        assert result.finish_reason == "stop" and result.reasoning and "7" in result.content
+        assert result.usage.completion_tokens == sim.stats()["service"][0]["tokens"]
+
+
+def test_a_stream_silent_past_the_idle_timeout_fails_the_row_after_its_attempts(store):
+    with SimServer(SimConfig(models=["r1"], pstall=1.0, stall_s=3, max_faults_per_key=100)) as sim:
+        t0 = time.monotonic()
+        with pytest.raises(RequestFailed) as exc:
+            run(_chat(endpoint(sim, idle_timeout_s=0.3, max_attempts=2, max_backoff_s=0.05), store))
+        assert time.monotonic() - t0 < 3
+        assert exc.value.reason == "request_failed" and "Timeout" in exc.value.detail
+        assert sim.stats()["requests"] == 2 and sim.stats()["completed"] == 0 and len(store) == 0
 
 
 def test_retry_after_is_honoured(store):
@@ -65,6 +103,14 @@ def test_gives_up_after_max_attempts(store):
         assert len(store) == 0
 
 
+def test_a_client_error_event_mid_stream_rejects_the_row_without_retrying(store):
+    with SimServer(SimConfig(models=["r1"], perror=1.0, error_code=400, max_faults_per_key=5)) as sim:
+        with pytest.raises(RequestFailed) as exc:
+            run(_chat(endpoint(sim), store))
+        assert exc.value.reason == "request_rejected" and "400" in exc.value.detail
+        assert sim.stats()["requests"] == 1 and len(store) == 0
+
+
 def test_client_error_is_not_retried(store):
     with SimServer(SimConfig(models=["r1"])) as sim:
         with pytest.raises(RequestFailed) as exc:
@@ -77,7 +123,7 @@ def test_response_store_prevents_paying_twice(store):
     with SimServer(SimConfig(models=["r1"])) as sim:
         first, _ = run(_chat(endpoint(sim), store))
         # Another client with different operational settings: same key, served from the store.
-        second, client = run(_chat(endpoint(sim, max_concurrency=1, timeout_s=30), store))
+        second, client = run(_chat(endpoint(sim, max_concurrency=1, idle_timeout_s=30), store))
         assert second.cached and not first.cached
         assert (second.content, second.reasoning, second.usage) == (first.content, first.reasoning, first.usage)
         assert client.stats.sent == 0 and sim.stats()["requests"] == 1
@@ -125,18 +171,26 @@ def test_truncated_output_is_rejected_not_kept(store):
         assert exc.value.reason == "truncated"
 
 
+async def _check(cfg):
+    client = ModelClient(cfg, "reasoner")
+    try:
+        await client.check()
+    finally:
+        await client.close()
+
+
 def test_endpoint_check_fails_fast(store):
     with SimServer(SimConfig(models=["r1"])) as sim:
-        run(ModelClient(endpoint(sim), "reasoner").check())
+        run(_check(endpoint(sim)))
         with pytest.raises(EndpointCheckFailed, match="does not serve model 'r2'; it serves: r1"):
-            run(ModelClient(endpoint(sim, model="r2"), "reasoner").check())
+            run(_check(endpoint(sim, model="r2")))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = EndpointConfig(url=f"http://127.0.0.1:{port}/v1", model="r1")
     t0 = time.monotonic()
     with pytest.raises(EndpointCheckFailed, match="unreachable"):
-        run(ModelClient(cfg, "reasoner").check())
+        run(_check(cfg))
     assert time.monotonic() - t0 < 20
 
 
@@ -158,3 +212,168 @@ def test_priority_slots_serve_latest_stage_first():
         return order
 
     assert run(scenario()) == [(0, 3), (0, 9), (1, 1), (2, 5)]
+
+
+def test_finished_stream_is_never_sent_again_after_reopening_the_store(tmp_path):
+    path = tmp_path / "responses.sqlite"
+    with SimServer(SimConfig(models=["r1"], per_token_s=0.001)) as sim:
+        first_store = ResponseStore(path)
+        first, _ = run(_chat(endpoint(sim), first_store))
+        first_store.close()
+        reopened = ResponseStore(path)
+        second, client = run(_chat(endpoint(sim), reopened))
+        reopened.close()
+        assert second.cached and client.stats.sent == 0 and sim.stats()["requests"] == 1
+        assert (second.content, second.reasoning, second.usage) == (first.content, first.reasoning, first.usage)
+
+
+def test_n_choices_streamed_interleaved_are_assembled_by_index(store):
+    with SimServer(SimConfig(models=["r1"], wrong_rate=0.5)) as sim:
+        async def go():
+            client = ModelClient(endpoint(sim), "reasoner", store)
+            try:
+                return await client.chat_choices(PROMPT, stage="reasoning", priority=0, order=0, n=3)
+            finally:
+                await client.close()
+        results = run(go())
+        assert len(results) == 3 and sim.stats()["requests"] == 1
+        raw = store.get(results[0].request_key)
+        assert [c["index"] for c in raw["choices"]] == [0, 1, 2]
+        # Each choice is one coherent trace (not a mix of the three), carrying its own finish_reason.
+        for r in results:
+            assert r.reasoning.startswith("Okay, let me work") and r.reasoning.count("Okay, let me work") == 1
+            assert r.finish_reason == "stop"
+        # One usage for the request, on the first choice; it counts the tokens of all three.
+        assert results[0].usage.completion_tokens == sim.stats()["service"][0]["tokens"]
+        assert results[1].usage.completion_tokens == 0 and results[2].usage.requests == 0
+
+
+# Chunks in the shape vLLM's OpenAI server (serving_chat.py) streams with a reasoning parser and
+# stream_options.include_usage: a role delta, reasoning deltas, content deltas, a finish chunk,
+# a usage chunk with no choices. Written after that protocol, not captured from a server.
+def _vllm_chunks(field="reasoning_content", finish=True, usage=True):
+    head = {"id": "chatcmpl-9f1", "object": "chat.completion.chunk", "created": 1732400000, "model": "r1"}
+    chunks = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                     "finish_reason": None}]}]
+    for tok in ["Okay", ",", " the", " bar", " is", " 7", "."]:
+        chunks.append({**head, "choices": [{"index": 0, "delta": {field: tok}, "logprobs": None, "finish_reason": None}]})
+    for tok in ["The answer", " is", " \\boxed{7}", "."]:
+        chunks.append({**head, "choices": [{"index": 0, "delta": {"content": tok}, "logprobs": None,
+                                             "finish_reason": None}]})
+    if finish:
+        chunks.append({**head, "choices": [{"index": 0, "delta": {"content": ""}, "logprobs": None,
+                                             "finish_reason": "stop", "stop_reason": None}]})
+    if usage:
+        chunks.append({**head, "choices": [], "usage": {"prompt_tokens": 31, "total_tokens": 42, "completion_tokens": 11}})
+    return chunks
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_stream_assembler_builds_the_completion_dict(field):
+    asm = StreamAssembler()
+    for chunk in _vllm_chunks(field):
+        asm.feed(chunk)
+    raw = asm.result()
+    msg = raw["choices"][0]["message"]
+    assert msg[field] == "Okay, the bar is 7." and msg["content"] == "The answer is \\boxed{7}."
+    assert raw["choices"][0]["finish_reason"] == "stop" and raw["usage"]["completion_tokens"] == 11
+    from pipeline.llm import parse_completion
+    res = parse_completion(raw, "k", False)
+    assert (res.reasoning, res.content, res.usage.prompt_tokens) == ("Okay, the bar is 7.", "The answer is \\boxed{7}.", 31)
+
+
+def test_stream_assembler_refuses_a_stream_that_never_finished():
+    asm = StreamAssembler()
+    for chunk in _vllm_chunks(finish=False, usage=False):
+        asm.feed(chunk)
+    with pytest.raises(IncompleteStream):
+        asm.result()
+    with pytest.raises(IncompleteStream):  # nothing at all
+        StreamAssembler().result()
+    asm = StreamAssembler()  # finished but no usage chunk (a server ignoring include_usage): usable
+    for chunk in _vllm_chunks(usage=False):
+        asm.feed(chunk)
+    assert asm.result()["usage"] is None
+
+
+def test_replicas_raise_the_in_flight_window():
+    one = ConvertConfig(vlm={"url": "http://v/v1", "max_concurrency": 64},
+                        reasoner={"url": "http://r/v1", "max_concurrency": 64})
+    four = ConvertConfig(vlm={"urls": [f"http://v{i}/v1" for i in range(4)], "max_concurrency": 64},
+                         reasoner={"urls": [f"http://r{i}/v1" for i in range(4)], "max_concurrency": 128})
+    assert one.max_in_flight == 2 * (64 + 64)
+    assert four.max_in_flight == 2 * (4 * 64 + 4 * 128)  # enough to fill 512 reasoner slots
+    assert ConvertConfig(max_in_flight=10, vlm={"urls": ["a", "b"]}).max_in_flight == 10  # explicit wins
+
+
+def test_timeout_s_is_refused_with_a_pointer_to_idle_timeout():
+    with pytest.raises(ValueError, match="idle_timeout_s"):
+        EndpointConfig(url="http://x/v1", model="m", timeout_s=900)
+
+
+def test_one_scheduler_shared_by_event_loops_on_threads_fills_but_never_exceeds_capacity():
+    """Shards on threads of one process share a role's slots: together they never exceed the
+    replicas' capacity, and a shard alone (the others done) gets every slot, not a fixed slice."""
+    sched = ReplicaScheduler(["a", "b"], per_replica=3)
+    peak_alone = []
+
+    async def shard(n_requests, hold_s, record=None):
+        async def one(i):
+            index = await sched.acquire(priority=i % 3, order=i)
+            if record is not None:
+                record.append(sched.in_flight())
+            await asyncio.sleep(hold_s)
+            sched.release(index, "ok")
+        await asyncio.gather(*(one(i) for i in range(n_requests)))
+
+    threads = [threading.Thread(target=lambda: asyncio.run(shard(20, 0.01))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sched.max_in_flight == 6 and sched.in_flight() == 0
+    assert [r.sent for r in sched.replicas] == [30, 30]  # least-outstanding spreads the load
+    sched.max_in_flight = 0
+    t = threading.Thread(target=lambda: asyncio.run(shard(12, 0.05, peak_alone)))
+    t.start(), t.join(30)
+    assert sched.max_in_flight == 6 and max(peak_alone) == 6
+
+
+def test_scheduler_benches_a_failing_replica_and_brings_it_back():
+    async def scenario():
+        sched = ReplicaScheduler(["bad", "good"], per_replica=1, failures_before_cooldown=2, cooldown_s=0.2)
+        for _ in range(2):
+            i = await sched.acquire(0, 0)
+            assert i == 0 or sched.replicas[0].outstanding == 0
+            sched.release(i, "failed" if i == 0 else "ok")
+        picks = []
+        for _ in range(4):
+            i = await sched.acquire(0, 0)
+            picks.append(i)
+            sched.release(i, "ok")
+        assert picks == [1, 1, 1, 1] and sched.cooldowns() == [1, 0]
+        # Both benched: a waiter wakes when the first cool-down ends, without any release.
+        sched.bench(0), sched.bench(1)
+        t0 = time.monotonic()
+        i = await sched.acquire(0, 0)
+        assert 0.15 < time.monotonic() - t0 < 1.0
+        sched.release(i, "ok")
+
+    run(scenario())
+
+
+def test_cancelled_waiter_does_not_leak_a_slot():
+    async def scenario():
+        sched = ReplicaScheduler(["a"], per_replica=1)
+        held = await sched.acquire(0, 0)
+        waiter = asyncio.create_task(sched.acquire(0, 1))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        sched.release(held, "ok")
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await asyncio.sleep(0.01)
+        assert sched.in_flight() == 0
+        assert await asyncio.wait_for(sched.acquire(0, 2), 1) == 0
+
+    run(scenario())

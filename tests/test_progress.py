@@ -6,7 +6,7 @@ import re
 
 from rich.console import Console
 
-from pipeline.client import ModelClient
+from pipeline.llm import ModelClient
 from pipeline.config import EndpointConfig
 from pipeline.counters import RunCounters
 from pipeline.progress import Progress

@@ -9,13 +9,13 @@ import urllib.request
 
 import pytest
 
-from pipeline.client import parse_completion
+from pipeline.llm import parse_completion
 from pipeline.config import ConvertConfig
 from pipeline.demo_data import make_demo_dataset
 from pipeline.rewrite import ModalityRewriter
 from pipeline.runner import Converter
 from pipeline.simulator import SimConfig, SimServer
-from pipeline.store import ResponseStore
+from pipeline.llm import ResponseStore
 from pipeline.verify.compare import check_output
 
 from .conftest import R1_MODEL, VLM_MODEL, read_jsonl, sim_stats, start_sims

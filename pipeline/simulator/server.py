@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -32,7 +33,11 @@ class SimConfig(BaseModel):
     max_len_tokens: int = 100_000
     p429: float = 0.0
     p500: float = 0.0
-    pdrop: float = 0.0
+    pdrop: float = 0.0  # the connection drops halfway through the generation
+    pstall: float = 0.0  # a stream goes silent halfway for stall_s (a hung server or network)
+    stall_s: float = 5.0
+    perror: float = 0.0  # a stream ends halfway with an error event, as vLLM reports engine errors
+    error_code: int = 500  # the code in that event
     retry_after_s: float = 0.05
     max_faults_per_key: int = 3  # faults injected per distinct request, so retries eventually succeed
     wrong_rate: float = 0.0  # share of questions the simulated reasoner answers wrongly
@@ -62,6 +67,11 @@ def _texts_and_images(messages: list[dict[str, Any]]) -> tuple[str, int]:
                 elif part.get("type") in ("image_url", "image"):
                     images += 1
     return "\n".join(texts), images
+
+
+def _tokens(text: str) -> list[str]:
+    """Word-sized tokens whose concatenation is exactly `text`."""
+    return re.findall(r"\s*\S+|\s+$", text)
 
 
 class SimServer:
@@ -141,7 +151,8 @@ class SimServer:
         if self.faults_by_key[key] >= cfg.max_faults_per_key:
             return None
         x = self._fault_rng.random()
-        for name, p in (("429", cfg.p429), ("500", cfg.p500), ("drop", cfg.pdrop)):
+        for name, p in (("429", cfg.p429), ("500", cfg.p500), ("drop", cfg.pdrop), ("stall", cfg.pstall),
+                        ("error", cfg.perror)):
             if x < p:
                 self.faults_by_key[key] += 1
                 return name
@@ -177,20 +188,27 @@ class SimServer:
         self.prompts.append({"key": key, "stage": stage, "text": text, "images": n_images})
         queued = time.monotonic()
         assert self._slots is not None
+        streamed = bool(body.get("stream"))
         async with self._slots:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
             start = time.monotonic()
             try:
                 payload, n_tokens = self._complete(body, text, n_images, key)
-                service = self.config.ttft_s + n_tokens * self.config.per_token_s
-                if fault == "drop":
-                    await asyncio.sleep(service / 2)  # work done, then lost with the connection
-                    self.status_counts["drop"] += 1
-                    assert request.transport is not None
-                    request.transport.close()
-                    return web.Response(status=500)
-                await asyncio.sleep(service)
+                if streamed:
+                    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                    resp = await self._stream(request, payload, fault, include_usage)
+                    if resp is None:  # dropped
+                        return web.Response(status=500)
+                else:
+                    service = self.config.ttft_s + n_tokens * self.config.per_token_s
+                    if fault in ("drop", "stall", "error"):
+                        await asyncio.sleep(service / 2)  # work done, then lost with the connection
+                        self.status_counts["drop"] += 1
+                        assert request.transport is not None
+                        request.transport.close()
+                        return web.Response(status=500)
+                    await asyncio.sleep(service)
             finally:
                 self.active -= 1
         end = time.monotonic()
@@ -198,7 +216,67 @@ class SimServer:
         self.status_counts[200] += 1
         self.service.append({"key": key, "stage": stage, "sample": sample, "queued": queued - self.t0,
                              "start": start - self.t0, "end": end - self.t0, "tokens": n_tokens})
-        return web.json_response(payload)
+        return resp if streamed else web.json_response(payload)
+
+    async def _stream(self, request: web.Request, payload: dict[str, Any], fault: str | None,
+                      include_usage: bool) -> web.StreamResponse | None:
+        """Server-sent events as vLLM's OpenAI server writes them: a role delta per choice, one
+        chunk per token (`reasoning_content` then `content`), a finish chunk per choice, a usage
+        chunk with no choices when asked for, then `data: [DONE]`. Choices interleave token by token.
+        Faults strike halfway: "drop" closes the connection, "stall" goes silent for stall_s."""
+        cfg = self.config
+        head = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"],
+                "model": payload["model"]}
+        streams: list[list[tuple[str, str]]] = []
+        for choice in payload["choices"]:
+            msg = choice["message"]
+            toks = [("reasoning_content", t) for t in _tokens(msg.get("reasoning_content") or "")]
+            toks += [("content", t) for t in _tokens(msg.get("content") or "")]
+            streams.append(toks)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return b"data: " + json.dumps({**head, "choices": choices, **extra}).encode() + b"\n\n"
+
+        if cfg.ttft_s:
+            await asyncio.sleep(cfg.ttft_s)
+        await resp.write(b"".join(event([{"index": c["index"], "delta": {"role": "assistant", "content": ""},
+                                          "logprobs": None, "finish_reason": None}]) for c in payload["choices"]))
+        steps = max((len(t) for t in streams), default=0)
+        t_first = time.monotonic()
+        for k in range(steps):
+            if k == steps // 2 and fault == "drop":
+                self.status_counts["drop"] += 1
+                assert request.transport is not None
+                request.transport.close()
+                return None
+            if k == steps // 2 and fault == "error":
+                self.status_counts["error"] += 1
+                err = {"error": {"message": "EngineCore encountered an issue (simulated)",
+                                 "type": "InternalServerError" if cfg.error_code >= 500 else "BadRequestError",
+                                 "param": None, "code": cfg.error_code}}
+                await resp.write(b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n")
+                await resp.write_eof()
+                return None
+            if k == steps // 2 and fault == "stall":
+                self.status_counts["stall"] += 1
+                await asyncio.sleep(cfg.stall_s)
+            out = [event([{"index": i, "delta": {field: tok}, "logprobs": None, "finish_reason": None}])
+                   for i, toks in enumerate(streams) if k < len(toks) for field, tok in (toks[k],)]
+            await resp.write(b"".join(out))
+            if cfg.per_token_s:
+                lag = t_first + (k + 1) * cfg.per_token_s - time.monotonic()
+                if lag > 0.001:
+                    await asyncio.sleep(lag)
+        tail = [event([{"index": c["index"], "delta": {"content": ""}, "logprobs": None,
+                        "finish_reason": c["finish_reason"], "stop_reason": None}]) for c in payload["choices"]]
+        if include_usage:
+            tail.append(event([], usage=payload["usage"]))
+        tail.append(b"data: [DONE]\n\n")
+        await resp.write(b"".join(tail))
+        await resp.write_eof()
+        return resp
 
     def _complete(self, body: dict[str, Any], text: str, n_images: int, key: str) -> tuple[dict[str, Any], int]:
         cfg = self.config

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..client import ModelClient
+from ..llm import ModelClient
 from ..prompts import PromptTemplate
 from ..question import QuestionRenderer
 from ..records import Sample
