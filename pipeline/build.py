@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -30,6 +31,7 @@ from .build_config import BuildConfig, DatasetSpec
 from .config import ConvertConfig
 from .dedup import normalise_question
 from .records import Usage
+from .image_files import IMAGES_DIR
 from .sources import iter_items, selected
 from .writers import PARQUET_SCHEMA, atomic_open, dataset_info, write_json
 
@@ -61,9 +63,10 @@ class ShardSpec:
 def dataset_convert_config(build: BuildConfig, ds: DatasetSpec, **extra: Any) -> ConvertConfig:
     # max_concurrency stays per replica: running shards share it (see the module docstring).
     base = build.convert.model_dump(mode="json")
-    base.update(source_format=ds.source_format, input=str(ds.input), image_root=str(ds.image_root),
-                source_name=ds.name, columns=ds.columns.model_dump(), sample_fraction=ds.weight,
-                limit=None, progress=False, **extra)
+    base.update(ds.model_dump(mode="json", include={"source_format", "input", "image_root", "image_roots", "columns",
+                                                    "split", "sharegpt", "dataset_info", "dataset", "answer_regex",
+                                                    "multi_turn"}),
+                source_name=ds.name, sample_fraction=ds.weight, limit=None, progress=False, **extra)
     return ConvertConfig.model_validate(base)
 
 
@@ -79,7 +82,7 @@ def plan(build: BuildConfig) -> list[ShardSpec]:
         cfg = dataset_convert_config(build, ds)
         bounds: list[tuple[int, int, int]] = []
         start, used_in_shard, used, last = 0, 0, 0, -1
-        for item in iter_items(cfg):
+        for item in iter_items(cfg, write_images=False):  # planning reads; only shards write embedded images
             last = item.index
             if not selected(item.source, item.id, ds.weight):
                 continue
@@ -161,7 +164,21 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
 
 
 def _rebase(paths: list[str], shard_out: Path, build_dir: Path) -> list[str]:
-    return [os.path.relpath((shard_out / p).resolve(), build_dir.resolve()) for p in paths]
+    """Paths relative to the build folder. Images a shard wrote itself (embedded or transformed, under
+    its images/) move to the build's own content-addressed images/, so the build needs no shard folder."""
+    out = []
+    for p in paths:
+        src = (shard_out / p).resolve()
+        if src.parent == (shard_out / IMAGES_DIR).resolve():
+            dest = build_dir / IMAGES_DIR / src.name  # the name is the content hash: same name, same bytes
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.tmp")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)
+            src = dest
+        out.append(os.path.relpath(src, build_dir.resolve()))
+    return out
 
 
 def merge(build: BuildConfig, results: list[dict[str, Any]]) -> dict[str, Any]:

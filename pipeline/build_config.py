@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import ColumnMapping, ConvertConfig, SourceFormat
+from .config import ColumnMapping, ConvertConfig, ShareGptMapping, SourceFormat
 
 
 class _Strict(BaseModel):
@@ -22,9 +22,17 @@ class _Strict(BaseModel):
 class DatasetSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     source_format: SourceFormat
-    input: Path
-    image_root: Path
+    input: Path | None = None  # may come from a LLaMA-Factory dataset_info entry instead
+    image_root: Path | None = None  # needed only when images are paths (not for embedded images)
+    image_roots: list[Path] = Field(default_factory=list)
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    # Reader settings, as for `coldstart convert` (see ConvertConfig).
+    split: str = "train"
+    sharegpt: ShareGptMapping = Field(default_factory=ShareGptMapping)
+    dataset_info: Path | None = None
+    dataset: str | None = None
+    answer_regex: str | None = None
+    multi_turn: Literal["all", "first"] = "all"
     max_rows: int | None = Field(None, ge=1)  # cap on items used from this dataset
     weight: float = Field(1.0, gt=0, le=1)  # share of items used (stable hash sampling)
 
