@@ -1,6 +1,7 @@
 """The model client against the simulated endpoint over real HTTP."""
 
 import asyncio
+import re
 import socket
 import time
 
@@ -43,7 +44,7 @@ async def _chat(cfg, store, messages=PROMPT, **kw):
 def test_retries_each_fault_kind_then_succeeds(store, fault):
     with SimServer(SimConfig(models=["r1"], **{fault: 1.0}, max_faults_per_key=2, retry_after_s=0.01)) as sim:
         result, client = run(_chat(endpoint(sim), store))
-        assert "\\boxed{7}" in result.content or "7" in result.content
+        assert re.search(r"(?<![\d.])7(?!\.?\d)", result.content)  # the simulated answer, in one of R1's forms
         assert client.stats.retries == 2 and client.stats.sent == 1
         stats = sim.stats()
         assert stats["requests"] == 3 and stats["completed"] == 1
@@ -104,7 +105,7 @@ def test_identical_concurrent_requests_share_one_call(store):
 def test_reasoning_from_field_or_inline_think(store, mode):
     with SimServer(SimConfig(models=["r1"], reasoning_mode=mode)) as sim:
         result, _ = run(_chat(endpoint(sim), store))
-        assert result.reasoning and result.reasoning.startswith("Okay, let me work")
+        assert result.reasoning and result.reasoning.startswith(("Okay", "Alright"))  # R1's openings
         assert "<think>" not in result.content and "</think>" not in result.content
         assert "7" in result.content and result.usage.completion_tokens > 0
 
