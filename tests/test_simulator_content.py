@@ -14,6 +14,7 @@ from collections import Counter
 import openai
 import pytest
 
+from pipeline.prompts import PromptLibrary
 from pipeline.simulator import SimConfig, SimServer, content
 
 # Golds in the forms the datasets use, with the options as the reasoner's prompt shows them
@@ -45,15 +46,18 @@ CASES = [
 SPECIAL = re.compile(r"<\|[a-z_]+\|>")
 
 
+PROMPTS = PromptLibrary()
+
+
 def description_for(gold: str, **kw) -> str:
-    pseudo = content.pseudo_cot(f"Question: q\nCorrect answer: {gold}", 40, random.Random(7))
-    return content.description(f"a question:q and a thinking process:{pseudo}", 40, random.Random(8), **kw)
+    # The real templates (prompts/*.j2), as the stages render them.
+    pseudo = content.pseudo_cot(PROMPTS.get("pseudo_cot.v1").render(question="q", answer=gold), 40, random.Random(7))
+    prompt = PROMPTS.get("description.v1").render(question="q", pseudo_cot=pseudo)
+    return content.description(prompt, 40, random.Random(8), **kw)
 
 
 def reasoner_prompt(gold: str, question: str) -> str:
-    # The real template: prompts/reasoning_blind.v1.j2.
-    return (f"{description_for(gold)}\n\nFollowing the above image description, think step by step and answer "
-            f"the following question directly.\nQuestion: {question}\nPut your final answer within \\boxed{{}}.")
+    return PROMPTS.get("reasoning_blind.v1").render(description=description_for(gold), question=question)
 
 
 def last_boxed(text: str) -> str | None:
@@ -178,9 +182,11 @@ def test_special_tokens_only_when_asked_and_the_answer_survives():
     def vlm_outputs(rate):
         outs = []
         for i in range(120):
-            pseudo = content.pseudo_cot("Correct answer: B: 45", 40, content.rng_for("p", str(i)), rate)
+            pseudo = content.pseudo_cot(PROMPTS.get("pseudo_cot.v1").render(question="q", answer="B: 45"), 40,
+                                        content.rng_for("p", str(i)), rate)
             outs.append(pseudo)
-            outs.append(content.description(f"process:{pseudo}", 40, content.rng_for("d", str(i)), 0.0, rate))
+            prompt = PROMPTS.get("description.v1").render(question="q", pseudo_cot=pseudo)
+            outs.append(content.description(prompt, 40, content.rng_for("d", str(i)), 0.0, rate))
         return outs
 
     assert not any(SPECIAL.search(o) for o in vlm_outputs(0.0))

@@ -45,7 +45,8 @@ _SUMMARIES = ["Putting the details together gives one consistent result.",
 # Special tokens of Qwen2.5-VL that random-weight and real models sometimes write into their output.
 SPECIAL_TOKENS = ("<|im_end|>", "<|video_pad|>", "<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_start|>")
 _SPECIAL = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
-_CONCLUSION = re.compile(r"CONCLUSION:\s*(.+)")
+# The description prompt (prompts/description.v1.j2) continues on the pseudo-CoT's last line.
+_CONCLUSION = re.compile(r"CONCLUSION:\s*(.+?)(?:, provide a detailed description|$)", re.MULTILINE)
 # The fact ends where the description's own closing sentence (or its leaked answer) starts, so golds
 # with inner periods ("0.5", "58°.", a whole sentence) are read back whole.
 _DECISIVE = re.compile(r"the decisive detail for the question is (.+?)\.\s+(?:So the correct answer is|Nothing else in the image is relevant)", re.DOTALL)
