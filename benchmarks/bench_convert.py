@@ -242,6 +242,7 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
     for ps in ports.values():
         for p in ps:
             sim_reset(p)
+    load = os.getloadavg()[0]  # other work on the machine skews every figure: recorded with them
     m = measure(cmd, env, work / f"{name}.log", busy)
     stats = {role: [sim_get(p, "/sim/stats") for p in ps] for role, ps in ports.items()}
     prompts = {role: [e for p in ps for e in sim_get(p, "/sim/prompts")] for role, ps in ports.items()}
@@ -262,7 +263,7 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
         "max_busy_slots": {role: [st["max_active"] for st in sts] for role, sts in stats.items()},
         "slots": slots,
         "utilisation": {role: round(busy_time[role] / (slots[role] * m["wall_s"]), 3) for role in slots},
-        "log": str(work / f"{name}.log"),
+        "loadavg_1min_before": round(load, 2), "log": str(work / f"{name}.log"),
     }
     if name == "coldstart" and (work / name / "convert" / "manifest.json").is_file():
         counts = json.loads((work / name / "convert" / "manifest.json").read_text())["counts"]
