@@ -125,12 +125,13 @@ def wrong(answer: Answer, options: list[Option], rng: random.Random) -> Answer:
     if answer.number is not None:
         if answer.unit in _OTHER_UNIT and rng.random() < 0.5:
             return replace(answer, raw="", unit=_OTHER_UNIT[answer.unit])  # "5 km" for "5 m"
-        return replace(answer, raw="", number=_shift(answer.number, rng.choice([1, 2, -1]) or 1))
+        return replace(answer, raw="", number=_shift(answer.number, rng.choice([1, 2, -1])))
     if answer.sentence:
         nums = re.findall(r"\d+(?:\.\d+)?", answer.text or "")
         if nums:
-            text = (answer.text or "").replace(nums[-1], _shift(nums[-1], 1), 1)
-            return replace(answer, raw="", text=text)
+            text = answer.text or ""
+            at = text.rfind(nums[-1])  # the last figure is the one the sentence is about
+            return replace(answer, raw="", text=text[:at] + _shift(nums[-1], 1) + text[at + len(nums[-1]):])
         return Answer(raw="", text="It cannot be determined from the given details", sentence=True)
     return Answer(raw="", text="none of the above")
 
