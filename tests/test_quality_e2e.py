@@ -17,6 +17,7 @@ from pipeline.runner import Converter
 from pipeline.simulator import SimConfig, SimServer
 from pipeline.llm import ResponseStore
 from pipeline.verify.compare import check_output
+from pipeline.verify.options import parse_options
 
 from .conftest import R1_MODEL, VLM_MODEL, read_jsonl, sim_stats, start_sims
 
@@ -70,7 +71,10 @@ def test_best_of_k_keeps_shortest_correct_trace_and_stores_pass_rate(tmp_path, d
             raw = store.get(key)
             traces += [parse_completion(raw, key, True, i) for i in range(len(raw["choices"]))]
         assert len(traces) == 4
-        correct = [t for t in traces if check_output(t.content, t.reasoning, row["answer"], []).correct]
+        # The options as the source reader parsed them from the question (the simulated reasoner answers
+        # letter golds with the option text too).
+        options = parse_options(row["question"])
+        correct = [t for t in traces if check_output(t.content, t.reasoning, row["answer"], options).correct]
         assert len(correct) == row["k_correct"]
         assert row["reasoning"] == min((rewriter.rewrite(t.reasoning) for t in correct), key=len)
     store.close()

@@ -2,7 +2,10 @@
 
 Protocol between the simulated roles (simulation only): the pseudo-CoT ends with
 ``CONCLUSION: <answer>``; the description carries that fact as "the decisive detail ... is <answer>";
-the simulated reasoner reads it back. A configurable share of questions is answered wrongly.
+the simulated reasoner reads it back, resolves it against the options in its prompt and answers in
+one of DeepSeek-R1's real final-answer forms (see answers.py), never by echoing the gold's own text
+when an equivalent form exists. A configurable share of traces is answered wrongly, in the same forms.
+The simulated VLM can write Qwen special tokens into its output (``special_token_rate``, default 0).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+
+from . import answers
 
 # Sentences are composed from parts so long traces are not n-gram loops (which the filters reject).
 _OPENERS = ["Let me look at", "Now consider", "I should check", "Next, focus on", "Hmm, what about",
@@ -23,13 +28,30 @@ _THOUGHTS = ["and it matches what I expected", "which rules out one possibility"
              "because it could change the count", "so the earlier step still holds", "to avoid a careless slip",
              "and the numbers stay consistent", "which supports the current reading", "before moving on",
              "since small details matter here", "and that settles this part", "while keeping the question in mind"]
+# What real R1 traces do: talk about "the description" (the modality rewrite must handle every one).
 _REFERENCES = ["According to the description, the drawing is simple and clean.",
                "The description says the figure has a plain white background.",
-               "As described, every object is clearly separated from the others."]
-_CONCLUSION = re.compile(r"CONCLUSION:\s*(.+)")
-_DECISIVE = re.compile(r"the decisive detail for the question is (.+?)\.(?:\s|$)")
+               "As described, every object is clearly separated from the others.",
+               "The description mentions that the lines are drawn in a single colour.",
+               "Hmm, the description never mentions any hidden parts, so I can rely on what is listed.",
+               "From the description, nothing overlaps anything else.",
+               "Wait, the description states that the labels are printed clearly."]
+_THINK_OPENERS = ["Okay, let me try to figure this out.", "Okay, so I need to answer this question about the image.",
+                  "Okay, let's see.", "Alright, let me work through this step by step.",
+                  "Okay, let me start by understanding what the question is asking."]
+_SUMMARIES = ["Putting the details together gives one consistent result.",
+              "Checking each detail against the question leads to a single answer.",
+              "Step by step, the visible details determine the answer."]
+# Special tokens of Qwen2.5-VL that random-weight and real models sometimes write into their output.
+SPECIAL_TOKENS = ("<|im_end|>", "<|video_pad|>", "<|endoftext|>", "<|image_pad|>", "<|vision_start|>", "<|im_start|>")
+_SPECIAL = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+# The description prompt (prompts/description.v1.j2) continues on the pseudo-CoT's last line.
+_CONCLUSION = re.compile(r"CONCLUSION:\s*(.+?)(?:, provide a detailed description|$)", re.MULTILINE)
+# The fact ends where the description's own closing sentence (or its leaked answer) starts, so golds
+# with inner periods ("0.5", "58°.", a whole sentence) are read back whole.
+_DECISIVE = re.compile(r"the decisive detail for the question is (.+?)\.\s+(?:So the correct answer is|Nothing else in the image is relevant)", re.DOTALL)
+_DECISIVE_OLD = re.compile(r"the decisive detail for the question is (.+?)\.(?:\s|$)")
 _CORRECT = re.compile(r"Correct answer:\s*(.+)")
-_OPTIONS = re.compile(r"^\s*\(?([A-H])[\.\):]", re.MULTILINE)
 
 
 def rng_for(*parts: str) -> random.Random:
@@ -53,32 +75,46 @@ def filler_words(rng: random.Random, n_words: int, references: bool = False) -> 
     return " ".join(sentences)
 
 
-def wrong_answer(answer: str, prompt: str) -> str:
-    letters = _OPTIONS.findall(prompt)
-    if answer.strip().upper() in letters and len(letters) > 1:
-        return next(l for l in letters if l != answer.strip().upper())
-    try:
-        return str(int(float(answer)) + 1)
-    except ValueError:
-        return {"yes": "No", "no": "Yes"}.get(answer.strip().lower(), "unknown")
+def with_special_tokens(text: str, rng: random.Random, rate: float) -> str:
+    """With probability `rate`, one or two special tokens between sentences or at the end."""
+    if rate <= 0 or rng.random() >= rate:
+        return text
+    for _ in range(rng.choice((1, 1, 2))):
+        token = rng.choice(SPECIAL_TOKENS)
+        cuts = [m.end() for m in re.finditer(r"[.!?] ", text)] + [len(text)]
+        at = rng.choice(cuts)
+        text = text[:at] + token + text[at:]
+    return text
 
 
-def pseudo_cot(prompt: str, n_words: int, rng: random.Random) -> str:
+def strip_special(text: str) -> str:
+    return _SPECIAL.sub("", text)
+
+
+def pseudo_cot(prompt: str, n_words: int, rng: random.Random, special_token_rate: float = 0.0) -> str:
     answer = (_CORRECT.search(prompt).group(1).strip() if _CORRECT.search(prompt) else "unknown")
-    return (f"SUMMARY: Find what the question asks from the image.\nCAPTION: {filler_words(rng, n_words // 2)}\n"
-            f"REASONING: {filler_words(rng, n_words // 2)}\nCONCLUSION: {answer}")
+    caption, steps = filler_words(rng, n_words // 2), filler_words(rng, n_words // 2)
+    tokens = random.Random(rng.random())  # its own stream: the rate never changes the text around it
+    return (f"SUMMARY: Find what the question asks from the image.\n"
+            f"CAPTION: {with_special_tokens(caption, tokens, special_token_rate)}\n"
+            f"REASONING: {steps}\nCONCLUSION: {answer}")
 
 
-def description(prompt: str, n_words: int, rng: random.Random, leak_rate: float = 0.0) -> str:
+def description(prompt: str, n_words: int, rng: random.Random, leak_rate: float = 0.0,
+                special_token_rate: float = 0.0) -> str:
     m = _CONCLUSION.search(prompt)
-    fact = m.group(1).strip().split(",")[0].strip() if m else "not visible"
+    # The whole conclusion line (golds may hold commas: "1,000", sentences), less a closing period.
+    fact = strip_special(m.group(1)).strip().removesuffix(".").strip() if m else "not visible"
     q = re.search(r"question:(.+?) and a thinking process", prompt, re.DOTALL)
     retry = "gave the answer away" in prompt
     leak = (not retry and rng_for("leak", q.group(1) if q else prompt).random() < leak_rate)
-    return (f"The image shows a simple synthetic scene. {filler_words(rng, n_words)} "
+    tokens = random.Random(rng.random())
+    body = with_special_tokens(filler_words(rng, n_words), tokens, special_token_rate)
+    end = "<|im_end|>" if special_token_rate > 0 and tokens.random() < special_token_rate else ""
+    return (f"The image shows a simple synthetic scene. {body} "
             f"Looking closely, the decisive detail for the question is {fact}. "
             + (f"So the correct answer is {fact}. " if leak else "")
-            + "Nothing else in the image is relevant.")
+            + "Nothing else in the image is relevant." + end)
 
 
 def judge(prompt: str, invalid_rate: float) -> str:
@@ -98,27 +134,54 @@ def llm_rewrite(prompt: str) -> str:
     return f"<reasoning>\n{text}\n</reasoning>"
 
 
-ANSWER_SHAPES = ("boxed", "the_answer_is", "final_answer", "answer_tag", "bold")
+def read_gold(prompt: str) -> str:
+    """The gold as the description states it (the simulated roles' protocol)."""
+    m = _DECISIVE.search(prompt) or _DECISIVE_OLD.search(prompt)
+    return strip_special(m.group(1)).strip() if m else "unknown"
 
 
-def final_line(shape: str, answer: str) -> str:
-    return {
-        "boxed": f"Therefore, the answer is \\boxed{{{answer}}}.",
-        "the_answer_is": f"The answer is {answer}.",
-        "final_answer": f"Final Answer: {answer}",
-        "answer_tag": f"<answer> Final Answer:{answer} </answer>",
-        "bold": f"So the result is:\n**{answer}**",
-    }[shape]
+def _distractor(said: answers.Answer, options: list, rng: random.Random) -> str | None:
+    """Another candidate the trace can rule out ("so it's not C; it must be B")."""
+    if said.letter and options:
+        others = [o.letter for o in options if o.letter != said.letter]
+        return rng.choice(others) if others else None
+    if said.number is not None and not said.letter:
+        return answers._plain_value(answers._shift(said.number, rng.choice((1, -1))), said.unit)
+    return None
+
+
+def think_text(n_words: int, rng: random.Random, claim: str, distractor: str | None) -> str:
+    """An R1-like trace: "Okay, ...", reflection words, description references, a consistent conclusion."""
+    sentences = re.split(r"(?<=[.!?]) ", filler_words(rng, n_words, references=True))
+    paragraphs = [rng.choice(_THINK_OPENERS)]
+    while sentences:
+        take = rng.randint(3, 6)
+        paragraphs.append(" ".join(sentences[:take]))
+        sentences = sentences[take:]
+    if distractor and rng.random() < 0.4:
+        paragraphs.insert(len(paragraphs) // 2 + 1,
+                          f"Hmm, could it be {distractor}? Wait, no, that does not fit what I found so far.")
+    closings = [f"So the answer should be {claim}.", f"Therefore, the answer is {claim}.",
+                f"Putting it together, I'm fairly confident the answer is {claim}."]
+    if distractor:
+        closings.append(f"So it's not {distractor}; it must be {claim}.")
+    paragraphs.append(rng.choice(closings))
+    return "\n\n".join(paragraphs)
 
 
 def reasoning(prompt: str, n_words: int, rng: random.Random, wrong_rate: float, key: str) -> tuple[str, str]:
-    m = _DECISIVE.search(prompt)
-    answer = m.group(1).strip() if m else "unknown"
+    """(think, final answer text). Right or wrong, the answer comes in one of R1's real forms."""
     q = re.search(r"Question:\s*(.+)", prompt)
     question = q.group(1) if q else prompt[-200:]
+    options = answers.options_in(prompt)
+    truth = answers.resolve(read_gold(prompt), options)
+    form_rng = rng_for("shape", key)
     if rng_for("wrong", question, key).random() < wrong_rate:  # per trace: best-of-k sees mixed results
-        answer = wrong_answer(answer, prompt)
-    think = (f"Okay, let me work through this. {filler_words(rng, n_words, references=True)}\n"
-             f"Wait, putting it together, the answer should be {answer}.")
-    shape = ANSWER_SHAPES[rng_for("shape", key).randrange(len(ANSWER_SHAPES))]
-    return think, final_line(shape, answer)
+        said = answers.wrong(truth, options, form_rng)
+        rendering = answers.choose(said, form_rng, question=question, avoid=truth)
+    else:
+        said = truth
+        rendering = answers.choose(truth, form_rng, gold_text=truth.raw, question=question)
+    distractor = _distractor(said, options, form_rng)
+    think = think_text(n_words, rng, rendering.claim, distractor)
+    return think, f"{form_rng.choice(_SUMMARIES)}\n\n{rendering.final}"
