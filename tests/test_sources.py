@@ -562,8 +562,7 @@ def test_hf_and_parquet_structs_convert_end_to_end(tmp_path, sims):
     ds.to_parquet(tmp_path / "structs.parquet")
     for fmt, inp in [("hf", tmp_path / "disk"), ("parquet", tmp_path / "structs.parquet")]:
         out = tmp_path / "work" / f"out_{fmt}"
-        cfg = ConvertConfig(source_format=fmt, input=inp, out=out,
-                            image_root=tmp_path / "work",  # the images land in <out>/images, inside this root
+        cfg = ConvertConfig(source_format=fmt, input=inp, out=out,  # no image_root: every image is embedded
                             vlm={"url": vlm.url, "model": "sim-qwen2.5-vl", "max_concurrency": 4},
                             reasoner={"url": reasoner.url, "model": "sim-r1", "max_concurrency": 4,
                                       "max_backoff_s": 0.2},

@@ -125,6 +125,28 @@ def judge(prompt: str, invalid_rate: float) -> str:
     return "VERDICT: VALID\nEvery step is supported by the description and ends at the reference answer."
 
 
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+_WORDS = re.compile(r"[a-z]{3,}")
+
+
+def answer_judge(prompt: str) -> str:
+    """A stand-in for an LLM answer judge (simulation only): SAME when the candidate carries the same
+    figures as the reference and shares most of its content words, else DIFFERENT."""
+    ref = re.search(r"Reference answer:\s*(.+)", prompt)
+    cand = re.search(r"Candidate answer:\s*(.+)", prompt)
+    if not ref or not cand:
+        return "I cannot tell."
+    r, c = ref.group(1).lower(), cand.group(1).lower()
+    words_r, words_c = set(_WORDS.findall(r)), set(_WORDS.findall(c))
+    nums_r, nums_c = _NUMBERS.findall(r), _NUMBERS.findall(c)
+    overlap = len(words_r & words_c) / max(1, min(len(words_r), len(words_c)))
+    # A bare value ("76%") answers a sentence gold when it is one of the sentence's figures.
+    bare_value = not words_c and nums_c and set(nums_c) <= set(nums_r)
+    if bare_value or (sorted(nums_r) == sorted(nums_c) and overlap >= 0.5):
+        return "VERDICT: SAME\nBoth state the same facts."
+    return "VERDICT: DIFFERENT\nThe candidate states another value or fact."
+
+
 def llm_rewrite(prompt: str) -> str:
     m = re.search(r"<reasoning>\s*(.*?)\s*</reasoning>", prompt, re.DOTALL)
     text = m.group(1) if m else ""

@@ -51,7 +51,7 @@ class SimConfig(BaseModel):
         if self.length_mu is not None:
             return self.length_mu
         return {"pseudo_cot": math.log(120), "description": math.log(200), "reasoning": math.log(600),
-                "judge": math.log(60), "rewrite": math.log(600)}[kind]
+                "judge": math.log(60), "answer_judge": math.log(20), "rewrite": math.log(600)}[kind]
 
 
 def _texts_and_images(messages: list[dict[str, Any]]) -> tuple[str, int]:
@@ -283,7 +283,9 @@ class SimServer:
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1 << 30)
         n = int(body.get("n") or 1)
         if cfg.role == "vlm":
-            if "VERDICT:" in text:
+            if "VERDICT: SAME" in text:
+                kind = "answer_judge"
+            elif "VERDICT:" in text:
                 kind = "judge"
             elif "<reasoning>" in text:
                 kind = "rewrite"
@@ -302,6 +304,8 @@ class SimServer:
                 out = content.description(text, want, rng, cfg.leak_rate)
             elif kind == "judge":
                 out = content.judge(text, cfg.judge_invalid_rate)
+            elif kind == "answer_judge":
+                out = content.answer_judge(text)
             elif kind == "rewrite":
                 out = content.llm_rewrite(text)
             else:
