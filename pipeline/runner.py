@@ -32,7 +32,7 @@ from .results import ResultTable
 from .sources import check_input, estimate_rows, open_source
 from .stages import STAGES, StageOutputs, StageRejected, Stages
 from .verify.answer_judge import AnswerJudge
-from .verify.gold import final_answer
+from .kept import kept_record
 from .question import QuestionRenderer
 from .verify.compare import Verdict
 from .verify.pool import VerifierPool
@@ -69,25 +69,6 @@ def estimate_total(cfg: ConvertConfig) -> int | None:
     if cfg.limit is not None:
         return min(cfg.limit, total) if total is not None else cfg.limit
     return total
-
-
-def conversation(sample: Sample, question_turn: str, n_images: int, gpt: str) -> list[dict[str, str]]:
-    """The kept conversation: a sharegpt row's system prompt, earlier turns of a multi-turn row as they
-    were, then the question and the trace. Each human turn opens with its own <image> tokens; their total
-    must equal the number of images (LLaMA-Factory checks it), else they all open the first turn."""
-    humans = [t.question for t in sample.context] + [question_turn]
-    answers = [t.answer for t in sample.context] + [gpt]
-    counts = [t.turn_images for t in sample.context] + [sample.turn_images]
-    if sum(counts) != n_images:
-        counts = [n_images] + [0] * (len(humans) - 1)
-    turns: list[dict[str, str]] = [{"from": "system", "value": sample.system}] if sample.system else []
-    for h, a, n in zip(humans, answers, counts):
-        turns += [{"from": "human", "value": "<image>\n" * n + h}, {"from": "gpt", "value": a}]
-    return turns
-
-
-def gpt_turn(reasoning: str, answer: str) -> str:
-    return f"<think>\n{reasoning.strip()}\n</think>\n<answer> Final Answer:{answer} </answer>"
 
 
 class Converter:
@@ -231,31 +212,11 @@ class Converter:
                     return Rejected.of(sample, stage, "judge_invalid", judge_response.strip()[:500])
             # Transformed images are written (once, content-addressed) only for kept records.
             rel = await asyncio.to_thread(kept_image_paths, images, self.out)
-            reasoning_usage = Usage()
-            for r in outputs.reasoning:
-                reasoning_usage.add(r.usage)
-            k = len(outputs.reasoning)
-            return Kept(
-                index=sample.index, id=sample.id, source=sample.source, images=rel,
-                source_images=list(sample.images), image_sha256=[im.file_sha256 for im in images],
-                question=stages.question.turn(sample), options=sample.options, context=sample.context, system=sample.system,
-                answer=sample.answer, pred_answer=chosen.pred,
-                match=chosen.match, match_method=chosen.match, answer_judge_response=chosen.judge_response,
-                pseudo_cot=outputs.pseudo_cot.content,
-                description=outputs.description.content, reasoning=chosen.reasoning,
-                reasoning_original=chosen.reasoning_original, final_text=chosen.result.content,
-                k=k, k_correct=k_correct, pass_rate=k_correct / k, filter=verdict, judge_response=judge_response,
-                description_attempts=outputs.description_attempts,
-                ocr=[l.model_dump() for l in outputs.annotations.ocr] if outputs.annotations else [],
-                objects=[o.model_dump() for o in outputs.annotations.objects] if outputs.annotations else [],
-                conversations=conversation(sample, stages.question.turn(sample), len(images),
-                                           gpt_turn(chosen.reasoning, final_answer(sample.answer, sample.options))),
-                usage={"pseudo_cot": outputs.pseudo_cot.usage, "description": outputs.description.usage,
-                       "reasoning": reasoning_usage},
+            return kept_record(
+                sample, stages.question.turn(sample), images, rel, outputs, chosen, k_correct, verdict, judge_response,
                 models={"vlm": self.cfg.vlm.model or "", "reasoner": self.cfg.reasoner.model or ""},
                 prompts={**stages.prompt_tags, **self.gate.tags,
-                         **({"answer_judge": self.answer_judge.template.tag} if self.answer_judge else {})},
-            )
+                         **({"answer_judge": self.answer_judge.template.tag} if self.answer_judge else {})})
         except ImageError as exc:
             return Rejected.of(sample, "image", exc.reason, exc.detail)
         except StageRejected as exc:

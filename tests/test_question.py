@@ -101,7 +101,7 @@ def test_column_options_reach_every_prompt_and_the_kept_turn(tmp_path):
 
 
 def test_kept_conversation_keeps_earlier_turns_and_one_image_token_per_image():
-    from pipeline.runner import conversation
+    from pipeline.kept import conversation
 
     s = Sample(index=0, id="x#turn1", source="t", question="And the other one?",
                context=[Turn(question="What colour is the left car?", answer="Red.")])
@@ -114,7 +114,7 @@ def test_kept_conversation_keeps_earlier_turns_and_one_image_token_per_image():
 
 
 def test_kept_conversation_places_image_tokens_in_their_turns_and_keeps_the_system_prompt():
-    from pipeline.runner import conversation
+    from pipeline.kept import conversation
 
     # LLaMA-Factory's mllm_demo row 1: "<image>Who are they?" ... "What are they doing?<image>", the same image twice.
     s = Sample(index=0, id="d#turn1", source="t", question="What are they doing?", turn_images=1, system="Be brief.",
