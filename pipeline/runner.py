@@ -133,7 +133,7 @@ class Converter:
                 if stages.annotator is not None:
                     stages.annotator.close()
             manifest = self._finalize(results, stages)
-            results.close()
+            results.close(remove=True)  # scratch: the outputs now hold everything it had
             return manifest
         finally:
             if pool is not None:

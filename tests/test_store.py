@@ -1,6 +1,7 @@
 """The response store on cluster filesystems: a node-local working copy published atomically
 (pipeline/llm/cache.py), what survives kill -9, and when publishing is chosen."""
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -145,3 +146,27 @@ def test_a_convert_run_in_publish_mode_leaves_only_a_published_store_on_the_shar
     again = convert_in_process(input_path, image_root, tmp_path / "shared", vlm, reasoner,
                                store={"mode": "publish", "local_dir": tmp_path / "other-node"})
     assert again["endpoints"]["vlm"]["sent"] + again["endpoints"]["reasoner"]["sent"] == 0
+
+
+def test_responses_are_stored_compressed_and_old_plain_rows_still_read(tmp_path):
+    import sqlite3
+    import zlib
+
+    from pipeline.llm.cache import ResponseStore
+
+    trace = {"choices": [{"message": {"content": "Wait, let me check the second row again. " * 200}}]}
+    store = ResponseStore(tmp_path / "r.sqlite", mode="direct")
+    store.put("k1", "m", "reasoning", trace)
+    store.close()
+    db = sqlite3.connect(tmp_path / "r.sqlite")
+    (blob,) = db.execute("SELECT response FROM responses WHERE key = 'k1'").fetchone()
+    assert isinstance(blob, bytes) and len(blob) * 4 < len(json.dumps(trace))  # long repetitive prose shrinks
+    assert json.loads(zlib.decompress(blob)) == trace
+    # A row written by an earlier version (plain JSON text) is still a stored response: never paid again.
+    db.execute("INSERT INTO responses (key, model, stage, created, response) VALUES ('k0', 'm', 'reasoning', 0, ?)",
+               (json.dumps(trace),))
+    db.commit()
+    db.close()
+    store = ResponseStore(tmp_path / "r.sqlite", mode="direct")
+    assert store.get("k0") == trace and store.get("k1") == trace
+    store.close()
