@@ -13,7 +13,7 @@ Workloads (benchmarks/workload.py builds and caches the files under outputs/benc
 
 Servers: simulated VLM and reasoner endpoints (`coldstart simulate`, each in its own process),
 64 slots each (vLLM's max_num_seqs); lognormal output lengths with medians 350 (VLM) and 1500
-(reasoner) tokens, sigma 0.6; service time = ttft + tokens * per_token_s (0.003 s: a 300-sample
+(reasoner) tokens, sigma 0.6; service time = ttft + tokens * per_token_s (0.002 s: a 300-sample
 run takes 30-60 s).
 
 Clients, each a separate process tree, in the same run against the same servers:
@@ -263,6 +263,11 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
         "max_busy_slots": {role: [st["max_active"] for st in sts] for role, sts in stats.items()},
         "slots": slots,
         "utilisation": {role: round(busy_time[role] / (slots[role] * m["wall_s"]), 3) for role in slots},
+        "longest_call_s": {role: round(max((s["end"] - s["start"] for s in sv), default=0), 2)
+                           for role, sv in service.items()},
+        # Recorded minus nominal service time (ttft + tokens * per_token_s): a loaded server overshoots.
+        "mean_service_overshoot_s": {role: round(sum(s["end"] - s["start"] - args.ttft_s - s["tokens"] * args.per_token_s
+                                                     for s in sv) / max(len(sv), 1), 3) for role, sv in service.items()},
         "loadavg_1min_before": round(load, 2), "log": str(work / f"{name}.log"),
     }
     if name == "coldstart" and (work / name / "convert" / "manifest.json").is_file():
@@ -292,7 +297,7 @@ def main() -> None:
     ap.add_argument("--clients", default="coldstart,curator,plain")
     ap.add_argument("--busy", choices=["off", "on", "both"], default="off")
     ap.add_argument("--slots", type=int, default=64)
-    ap.add_argument("--per-token-s", type=float, default=0.003)
+    ap.add_argument("--per-token-s", type=float, default=0.002)
     ap.add_argument("--ttft-s", type=float, default=0.05)
     ap.add_argument("--vlm-median-tokens", type=float, default=350)
     ap.add_argument("--reasoner-median-tokens", type=float, default=1500)
