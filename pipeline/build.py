@@ -31,15 +31,12 @@ from .build_config import BuildConfig, DatasetSpec
 from .config import ConvertConfig
 from .dedup import normalise_question
 from .records import Usage
+from .finished import config_fingerprint as fingerprint
 from .image_files import IMAGES_DIR
 from .sources import iter_items, selected
 from .writers import PARQUET_SCHEMA, atomic_open, dataset_info, write_json
 
 SUCCESS = "_SUCCESS"
-# Settings that change how fast a shard runs, not what it writes: not part of its fingerprint.
-_OPERATIONAL = {"progress", "max_concurrency", "max_in_flight", "verify_workers", "url", "urls", "idle_timeout_s",
-                "max_attempts", "max_backoff_s", "api_key_env", "cache_path", "out", "failures_before_cooldown",
-                "cooldown_s", "store"}
 
 
 @dataclass(frozen=True)
@@ -104,17 +101,6 @@ def plan(build: BuildConfig) -> list[ShardSpec]:
             specs.append(ShardSpec(ds.name, i, n, lo, hi, items, str(out), shard_cfg.model_dump(mode="json"),
                                    scope, broker))
     return specs
-
-
-def fingerprint(config: dict[str, Any]) -> str:
-    def strip(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: strip(v) for k, v in sorted(node.items()) if k not in _OPERATIONAL}
-        if isinstance(node, list):
-            return [strip(v) for v in node]
-        return node
-
-    return hashlib.sha256(json.dumps(strip(config), sort_keys=True).encode()).hexdigest()
 
 
 def shard_roles(cfg: ConvertConfig) -> dict[str, Any]:

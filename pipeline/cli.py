@@ -74,6 +74,7 @@ def convert(
         None, "--answer-regex", help="sharegpt: the answer is group 1 of the last match in the assistant turn."),
     multi_turn: Optional[str] = typer.Option(
         None, "--multi-turn", help="all (follow-ups with their earlier turns as context) | first"),
+    force: bool = typer.Option(False, "--force", help="Run again even when <out> holds this run's finished outputs."),
 ) -> None:
     """Convert one VQA dataset into a verified Vision-R1-cold style cold-start set."""
     overrides = {
@@ -83,7 +84,7 @@ def convert(
         "vlm.max_concurrency": vlm_concurrency, "reasoner.max_concurrency": reasoner_concurrency,
         "max_in_flight": max_in_flight, "cache_path": cache, "progress": progress,
         "split": split, "dataset_info": dataset_info, "dataset": dataset, "answer_regex": answer_regex,
-        "multi_turn": multi_turn,
+        "multi_turn": multi_turn, "reuse_finished": False if force else None,
     }
     try:
         cfg = load_config(config, {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})

@@ -277,6 +277,8 @@ class ConvertConfig(_Strict):
     cache_path: Path | None = None  # response store; defaults to <out>/.state/responses.sqlite
     store: StoreConfig = Field(default_factory=StoreConfig)
     progress: bool = True
+    # Re-running a finished run (same input, config, prompts, version) returns its manifest at once.
+    reuse_finished: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> "ConvertConfig":

@@ -105,6 +105,7 @@ class ModalityRewriter:
         path = Path(directory or DEFAULT_PROMPT_DIR) / f"{name}.yaml"
         text = path.read_text(encoding="utf-8")
         self.name = name
+        self._pattern_cache: dict[tuple[str, tuple[str, ...]], tuple[list[re.Pattern[str]], bool]] = {}
         self.sha256 = hashlib.sha256(text.encode()).hexdigest()
         data = yaml.safe_load(text)
         macros = dict(data.get("macros") or {})
@@ -131,7 +132,16 @@ class ModalityRewriter:
 
     # ---- protected spans ---------------------------------------------------------------------
     def _question_patterns(self, question: str, options: Sequence[str]) -> tuple[list[re.Pattern[str]], bool]:
-        """Phrases of the question/options that hold a residue word, and whether describe-verbs are allowed."""
+        """Phrases of the question/options that hold a residue word, and whether describe-verbs are allowed.
+        Cached per question: best-of-k traces and the residue check ask again for the same one."""
+        key = (question or "", tuple(options))
+        if (hit := self._pattern_cache.get(key)) is None:
+            if len(self._pattern_cache) > 4096:
+                self._pattern_cache.clear()
+            hit = self._pattern_cache[key] = self._build_question_patterns(question, options)
+        return hit
+
+    def _build_question_patterns(self, question: str, options: Sequence[str]) -> tuple[list[re.Pattern[str]], bool]:
         patterns: list[re.Pattern[str]] = []
         verbs_ok = False
         sources = [question or "", *[o for o in options if o]]

@@ -32,6 +32,7 @@ from .results import ResultTable
 from .sources import check_input, estimate_rows, open_source
 from .stages import STAGES, StageOutputs, StageRejected, Stages
 from .verify.answer_judge import AnswerJudge
+from .finished import clear_finished, finished_manifest, mark_finished
 from .kept import kept_record
 from .question import QuestionRenderer
 from .verify.compare import Verdict
@@ -87,6 +88,11 @@ class Converter:
         from .llm import ResponseStore
 
         cfg = self.cfg
+        if cfg.reuse_finished and (done := finished_manifest(cfg)) is not None:
+            log.info("%s already holds this run's finished outputs (same input, config and prompts): nothing to do",
+                     cfg.out)
+            return done
+        clear_finished(cfg)  # from here on the outputs may change: they count as finished only at the end
         vlm = ModelClient(cfg.vlm, "vlm", scheduler=self.schedulers.get("vlm"))
         reasoner = ModelClient(cfg.reasoner, "reasoner", scheduler=self.schedulers.get("reasoner"))
         self.clients = {"vlm": vlm, "reasoner": reasoner}
@@ -134,6 +140,7 @@ class Converter:
                     stages.annotator.close()
             manifest = self._finalize(results, stages)
             results.close(remove=True)  # scratch: the outputs now hold everything it had
+            mark_finished(cfg)
             return manifest
         finally:
             if pool is not None:

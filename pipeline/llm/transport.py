@@ -4,7 +4,7 @@
 only for going silent for `idle_timeout_s` (the HTTP read timeout, which applies to each read
 of the body; it also bounds connecting and the wait for the first byte). The SDK sends the
 request and raises its typed errors for HTTP statuses; the body's server-sent events are read
-as raw lines and decoded with `json.loads` because the SDK's per-chunk model objects cost ~65 us
+as raw lines and decoded with `orjson.loads` because the SDK's per-chunk model objects cost ~65 us
 per token (~140 ms of CPU per sample of 2K tokens) against ~3 us for a plain dict.
 
 Everything that means "the response was cut" is raised as an openai error that `is_retryable`
@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import openai
+import orjson
 
 from ..config import EndpointConfig
 from .completion import IncompleteStream, StreamAssembler
@@ -105,8 +106,8 @@ def _stream_error(data: dict[str, Any], request: Any) -> StreamError | None:
 
 def _feed(asm: StreamAssembler, payload: str, request: Any) -> None:
     try:
-        chunk = json.loads(payload)
-    except ValueError as exc:  # a garbled event (a proxy cutting the body): the response is not usable
+        chunk = orjson.loads(payload)  # one event per token: orjson parses it several times faster than json
+    except ValueError as exc:  # orjson.JSONDecodeError is a ValueError; a garbled event (a proxy cutting the body): the response is not usable
         raise openai.APIConnectionError(message=f"stream cut: malformed event {payload[:80]!r}",
                                         request=request) from exc
     if not isinstance(chunk, dict):
