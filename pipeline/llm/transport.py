@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import email.utils
 import importlib
-import json
 import os
 import time
 from typing import Any
