@@ -140,10 +140,12 @@ def test_a_convert_run_in_publish_mode_leaves_only_a_published_store_on_the_shar
                            store={"mode": "publish", "local_dir": node})
     assert output_files(tmp_path / "shared") == output_files(tmp_path / "direct")
     state = tmp_path / "shared" / ".state"
-    assert sorted(p.name for p in state.iterdir()) == ["responses.sqlite"]  # no -wal/-shm, no scratch
+    # No -wal/-shm, no scratch: the published store and the finished-run marker (a small file written atomically).
+    assert sorted(p.name for p in state.iterdir()) == ["finished.json", "responses.sqlite"]
     assert len(_keys(state / "responses.sqlite")) == m["endpoints"]["vlm"]["sent"] + m["endpoints"]["reasoner"]["sent"]
-    # Run again from another node: everything comes from the published copy.
-    again = convert_in_process(input_path, image_root, tmp_path / "shared", vlm, reasoner,
+    # Run again from another node (forced: a finished run would otherwise return at once): every
+    # response comes from the published copy.
+    again = convert_in_process(input_path, image_root, tmp_path / "shared", vlm, reasoner, reuse_finished=False,
                                store={"mode": "publish", "local_dir": tmp_path / "other-node"})
     assert again["endpoints"]["vlm"]["sent"] + again["endpoints"]["reasoner"]["sent"] == 0
 
