@@ -117,11 +117,6 @@ def load_benchmark(path: Path) -> list[BenchmarkEntry]:
     return [BenchmarkEntry(l.strip(), where=f"{path.name}:{n}") for n, l in enumerate(text.splitlines(), 1) if l.strip()]
 
 
-def load_benchmark_questions(path: Path) -> list[str]:
-    """The questions only (kept for callers that do not use images)."""
-    return [e.question for e in load_benchmark(path)]
-
-
 class Decontaminator:
     """Rejects training rows that reproduce a benchmark item; the rule is in the module docstring."""
 

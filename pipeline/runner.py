@@ -15,8 +15,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from . import __version__
 from .llm import EndpointCheckFailed, ModelClient
 from .config import ConvertConfig
@@ -51,25 +49,6 @@ def validate_sample(s: Sample) -> Rejected | None:
     if not s.images:
         return Rejected.of(s, "validate", "no_image", "the row names no image")
     return None
-
-
-def estimate_total(cfg: ConvertConfig) -> int | None:
-    """Rows expected, for the ETA only; cheap formats are counted, the rest stay unknown."""
-    assert cfg.input is not None
-    total: int | None = None
-    try:
-        if cfg.source_format in ("jsonl", "llava-cot"):
-            with open(cfg.input, "rb") as fh:
-                total = sum(1 for line in fh if line.strip())
-        elif cfg.source_format == "parquet":
-            total = pq.ParquetFile(cfg.input).metadata.num_rows
-        elif cfg.source_format in ("hf", "sharegpt"):
-            total = estimate_rows(cfg)
-    except OSError:
-        return cfg.limit
-    if cfg.limit is not None:
-        return min(cfg.limit, total) if total is not None else cfg.limit
-    return total
 
 
 class Converter:
@@ -130,7 +109,7 @@ class Converter:
             # Scratch, rebuilt every run; on node-local disk when the store is published (network filesystems).
             results = ResultTable(store.scratch_path("outcomes.sqlite", self.out / ".state" / "outcomes.sqlite"))
             progress = Progress(self.counters, self.clients, enabled=self.show_progress)
-            self.counters.total = estimate_total(cfg)
+            self.counters.total = estimate_rows(cfg)
             progress.start()
             try:
                 await self._stream(stages, results, pool)

@@ -115,17 +115,26 @@ def check_input(cfg: ConvertConfig) -> None:
 
 
 def estimate_rows(cfg: ConvertConfig) -> int | None:
-    """Rows in the input when cheap to know (for the ETA only), else None."""
+    """Rows in the input when cheap to know (for the ETA only), else None; never more than --limit."""
     if cfg.input is None:
-        return None
+        return cfg.limit
+    total: int | None = None
     try:
         if cfg.source_format == "hf":
             from .hf import open_hf, row_count
 
-            return row_count(open_hf(str(cfg.input), cfg.split), cfg.split)
-        if cfg.source_format == "sharegpt" and not is_json_array(Path(cfg.input)):
+            total = row_count(open_hf(str(cfg.input), cfg.split), cfg.split)
+        elif cfg.source_format == "parquet":
+            import pyarrow.parquet as pq
+
+            total = pq.ParquetFile(cfg.input).metadata.num_rows
+        elif cfg.source_format in ("jsonl", "llava-cot") or (
+                cfg.source_format == "sharegpt" and not is_json_array(Path(cfg.input))):
             with open(cfg.input, "rb") as fh:
-                return sum(1 for line in fh if line.strip())
+                total = sum(1 for line in fh if line.strip())
     except (OSError, ValueError):
-        return None
+        total = None
+    if cfg.limit is not None:
+        return min(cfg.limit, total) if total is not None else cfg.limit
+    return total
     return None
