@@ -218,7 +218,8 @@ def client_command(name: str, args, work: Path, input_path: Path, image_root: Pa
                "vlm": {"urls": vlm_urls, "model": VLM_MODEL, "max_concurrency": args.slots},
                "reasoner": {"urls": r1_urls, "model": R1_MODEL, "max_concurrency": args.slots}}
         (out / "config.yaml").write_text(yaml.safe_dump(cfg))
-        return ([sys.executable, "-m", "pipeline.cli", "convert", "--config", str(out / "config.yaml")], env,
+        prof = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
+        return ([sys.executable, *prof, "-m", "pipeline.cli", "convert", "--config", str(out / "config.yaml")], env,
                 out / "convert" / ".state")
     common = ["--input", str(input_path), "--image-root", str(image_root), "--out", str(out / "results.jsonl"),
               "--vlm-model", VLM_MODEL, "--reasoner-model", R1_MODEL, "--slots", str(args.slots)]
@@ -304,6 +305,8 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.6)
     ap.add_argument("--base-port", type=int, default=18600)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="write a cProfile of the coldstart client's main process here (its figures then include the profiler)")
     ap.add_argument("--curator-venv", type=Path, default=ROOT / "outputs" / "bench" / "curator-venv")
     args = ap.parse_args()
     kind, n, replicas = WORKLOADS[args.workload]
