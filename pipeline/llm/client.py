@@ -24,7 +24,7 @@ from ..records import ChatResult, Usage
 from .cache import ResponseStore, canonical_messages, request_key
 from .completion import parse_completion
 from .scheduling import ReplicaScheduler, Scheduler
-from .transport import StreamError, is_retryable, make_api, retry_after_seconds, stream_chat
+from .transport import Connection, StreamError, connect, is_retryable, retry_after_seconds, stream_chat
 
 log = logging.getLogger("coldstart.client")
 
@@ -44,10 +44,10 @@ class EndpointCheckFailed(Exception):
 
 @dataclass
 class Replica:
-    """One server of a role as this client sees it: its SDK client and this client's counts."""
+    """One server of a role as this client sees it: its connection and this client's counts."""
 
     url: str
-    api: openai.AsyncOpenAI
+    conn: Connection
     sent: int = 0
     failures: int = 0
 
@@ -71,7 +71,7 @@ class ModelClient:
         self.role = role
         self.model = cfg.model
         self.store = store  # set before the first chat(); check() needs none
-        self.replicas = [Replica(url, make_api(url, cfg)) for url in cfg.endpoints]
+        self.replicas = [Replica(url, connect(url, cfg)) for url in cfg.endpoints]
         self.scheduler: Scheduler = scheduler or ReplicaScheduler(
             cfg.endpoints, cfg.max_concurrency, cfg.failures_before_cooldown, cfg.cooldown_s, role)
         self.stats = EndpointStats()
@@ -90,7 +90,7 @@ class ModelClient:
         unreachable: list[str] = []
         for i, replica in enumerate(self.replicas):
             try:
-                models = await replica.api.models.list(timeout=15)
+                models = await replica.conn.api.models.list(timeout=15)
             except openai.APIStatusError as exc:
                 raise EndpointCheckFailed(
                     f"{self.role} endpoint {replica.url} answered HTTP {exc.status_code} on /models"
@@ -175,7 +175,7 @@ class ModelClient:
                     self.stats.in_flight += 1
                     outcome = "other"
                     try:
-                        raw = await stream_chat(replica.api, model=self.model, messages=messages, params=params,
+                        raw = await stream_chat(replica.conn, model=self.model, messages=messages, params=params,
                                                 headers=headers, idle_timeout_s=self.cfg.idle_timeout_s)
                         outcome = "ok"
                     except BaseException as exc:
@@ -213,4 +213,4 @@ class ModelClient:
 
     async def close(self) -> None:
         for replica in self.replicas:
-            await replica.api.close()
+            await replica.conn.close()

@@ -96,6 +96,29 @@ class StreamAssembler:
         if chunk.get("usage"):
             self.usage = chunk["usage"]
 
+    def feed_many(self, chunks: list[dict[str, Any]]) -> None:
+        """`feed` for a read's worth of chunks. The common event (one choice, a text delta, no
+        finish) takes a short path; anything else goes through `feed`."""
+        if not self.id and chunks:
+            self.feed(chunks[0])
+            chunks = chunks[1:]
+        parts = self._parts
+        for chunk in chunks:
+            choices = chunk.get("choices")
+            if (choices and len(choices) == 1 and not chunk.get("usage")
+                    and not (choice := choices[0]).get("finish_reason")
+                    and (p := parts.get(choice.get("index") or 0)) is not None):
+                delta = choice.get("delta")
+                if delta:
+                    for name, text in delta.items():
+                        if text and name in _TEXT_FIELDS:
+                            if (acc := p.get(name)) is None:
+                                p[name] = [text]
+                            else:
+                                acc.append(text)
+            else:
+                self.feed(chunk)
+
     def result(self) -> dict[str, Any]:
         """The completion dict; IncompleteStream when any choice never finished."""
         unfinished = [i for i, f in self._finish.items() if f is None]

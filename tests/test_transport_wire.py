@@ -1,0 +1,181 @@
+"""The streamed-request transport against byte-exact server-sent events over real HTTP: the SSE
+forms a server may write (CRLF, comments, fields, events split anywhere across reads, a last event
+without its blank line) assemble the same completion; garbage and error events are errors of the
+right kind; HTTP statuses become the SDK's typed errors with their headers."""
+
+import asyncio
+import json
+
+import openai
+import pytest
+from aiohttp import web
+
+from pipeline.config import EndpointConfig
+from pipeline.llm.transport import StreamError, connect, is_retryable, retry_after_seconds, stream_chat
+
+
+def _event(obj) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _chunk(delta, finish=None, index=0):
+    return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+TOKENS = ["The", " error", " is", " \"error\"", " in", " line\n2", " é", "✓"]
+USAGE = {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}
+
+
+def _body(reasoning=True) -> bytes:
+    out = [_event(_chunk({"role": "assistant", "content": ""}))]
+    if reasoning:
+        out += [_event(_chunk({"reasoning_content": t})) for t in ("think", " hard")]
+    out += [_event(_chunk({"content": t})) for t in TOKENS]
+    out += [_event(_chunk({"content": ""}, "stop")),
+            _event({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                    "usage": USAGE}),
+            b"data: [DONE]\n\n"]
+    return b"".join(out)
+
+
+class WireServer:
+    """Writes the given bytes as the body, in pieces of `piece` bytes, one HTTP chunk each."""
+
+    def __init__(self, body: bytes, piece: int = 0, status: int = 200, headers=None):
+        self.body, self.piece, self.status, self.headers = body, piece, status, headers or {}
+
+    async def handler(self, request):
+        self.request_body, self.request_headers = await request.json(), request.headers.copy()
+        if self.status != 200:
+            return web.Response(status=self.status, body=self.body, headers=self.headers,
+                                content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        step = self.piece or len(self.body)
+        for i in range(0, len(self.body), step):
+            await resp.write(self.body[i:i + step])
+            await asyncio.sleep(0)
+        await resp.write_eof()
+        return resp
+
+    async def __aenter__(self):
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handler)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.runner.cleanup()
+
+
+async def _send(server: WireServer):
+    conn = connect(server.url, EndpointConfig(url=server.url, model="m", idle_timeout_s=5))
+    try:
+        return await stream_chat(conn, model="m", messages=[{"role": "user", "content": "hi"}], params={},
+                                 headers={}, idle_timeout_s=5)
+    finally:
+        await conn.close()
+
+
+def run(body: bytes, **kw):
+    async def main():
+        async with WireServer(body, **kw) as server:
+            return await _send(server)
+    return asyncio.run(main())
+
+
+EXPECTED = "".join(TOKENS)
+
+
+@pytest.mark.parametrize("piece", [0, 1, 7, 64])
+def test_events_split_anywhere_across_reads_assemble_the_same_completion(piece):
+    out = run(_body(), piece=piece)
+    msg = out["choices"][0]["message"]
+    assert msg["content"] == EXPECTED
+    assert msg["reasoning_content"] == "think hard"
+    assert out["choices"][0]["finish_reason"] == "stop" and out["usage"] == USAGE
+
+
+@pytest.mark.parametrize("piece", [0, 1, 5])
+def test_crlf_comments_fields_and_a_last_event_without_blank_line(piece):
+    body = _body(reasoning=False).replace(b"\n", b"\r\n")
+    body = b": keep-alive\r\n\r\nevent: message\r\nid: 1\r\n" + body  # comment, then fields on the first event
+    body = body.replace(b"data: [DONE]\r\n\r\n", b"")  # a server that ends without [DONE] or a blank line
+    body = body[:-2]
+    out = run(body, piece=piece)
+    assert out["choices"][0]["message"]["content"] == EXPECTED
+    assert out["usage"] == USAGE
+
+
+def test_multi_line_data_fields_are_joined_with_newlines():
+    event = json.dumps(_chunk({"content": "x"}), indent=1).encode()
+    block = b"".join(b"data: " + line + b"\n" for line in event.split(b"\n")) + b"\n"
+    body = block + _event(_chunk({}, "stop")) + b"data: [DONE]\n\n"
+    assert run(body)["choices"][0]["message"]["content"] == "x"
+
+
+def test_events_after_done_are_ignored():
+    body = _body(reasoning=False) + _event(_chunk({"content": "LATE"}))
+    assert run(body)["choices"][0]["message"]["content"] == EXPECTED
+
+
+def test_a_garbled_event_is_a_retryable_cut():
+    body = _body(reasoning=False).replace(b'{"content": " is"}', b'{"content": " is"', 1)
+    with pytest.raises(openai.APIConnectionError, match="malformed event") as exc:
+        run(body)
+    assert is_retryable(exc.value)
+
+
+def test_a_stream_that_ends_before_finish_is_a_retryable_cut():
+    body = _body(reasoning=False).split(b'"finish_reason": "stop"')[0].rsplit(b"data:", 1)[0]
+    with pytest.raises(openai.APIConnectionError, match="without finish_reason") as exc:
+        run(body)
+    assert is_retryable(exc.value)
+
+
+@pytest.mark.parametrize("code,retry", [(400, False), (500, True)])
+def test_an_error_event_mid_stream(code, retry):
+    head = _body(reasoning=False).split(b'data: {"id": "c1", "object": "chat.completion.chunk", "created": 1, '
+                                        b'"model": "m", "choices": [{"index": 0, "delta": {"content": " in"}')[0]
+    body = head + _event({"error": {"message": "engine died", "type": "X", "code": code}}) + b"data: [DONE]\n\n"
+    with pytest.raises(StreamError, match="engine died") as exc:
+        run(body)
+    assert exc.value.status_code == code and is_retryable(exc.value) is retry
+
+
+def test_content_that_merely_says_error_is_not_an_error_event():
+    # the tokens hold `"error"` in their text: the fast check sees the bytes, the real check clears them
+    assert run(_body())["choices"][0]["message"]["content"] == EXPECTED
+
+
+@pytest.mark.parametrize("status,cls", [(429, openai.RateLimitError), (503, openai.InternalServerError),
+                                        (404, openai.NotFoundError), (401, openai.AuthenticationError)])
+def test_http_statuses_become_the_sdk_errors_with_headers_and_body(status, cls):
+    body = json.dumps({"error": {"message": "nope", "type": "t", "code": status}}).encode()
+    with pytest.raises(cls) as exc:
+        run(body, status=status, headers={"Retry-After": "7"})
+    assert exc.value.status_code == status
+    assert exc.value.body == {"message": "nope", "type": "t", "code": status}
+    assert retry_after_seconds(exc.value) == 7.0
+    assert is_retryable(exc.value) is (status in (429, 503))
+
+
+def test_the_request_body_is_the_openai_chat_request():
+    async def main():
+        async with WireServer(_body()) as server:
+            conn = connect(server.url, EndpointConfig(url=server.url, model="m", idle_timeout_s=5))
+            try:
+                await stream_chat(conn, model="m", messages=[{"role": "user", "content": "hi"}],
+                                  params={"temperature": 0.5, "max_tokens": 9}, headers={"X-K": "v"}, idle_timeout_s=5)
+            finally:
+                await conn.close()
+            return server
+    server = asyncio.run(main())
+    assert server.request_body == {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                                   "stream_options": {"include_usage": True}, "temperature": 0.5, "max_tokens": 9}
+    assert server.request_headers["X-K"] == "v" and server.request_headers["Authorization"] == "Bearer EMPTY"
