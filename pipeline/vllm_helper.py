@@ -23,7 +23,7 @@ from .config import EndpointConfig
 #    --enable-reasoning switch is gone.
 #  - --stream-interval N (servers.<role>.stream_interval, sent only when N > 1): each request's
 #    tokens go out N to a streamed event, the first token and the final output at once. vLLM added
-#    it in 0.11.1 (PR #27869; v0.11.0 has no such argument and refuses it): SchedulerConfig
+#    it in 0.11.1 (PR #27869; release commit 439368496; v0.11.0 has no such argument and refuses it): SchedulerConfig
 #    .stream_interval in vllm/config/scheduler.py ("a larger value (e.g., 10) reduces host overhead
 #    and may increase throughput"), the flag in vllm/engine/arg_utils.py, the buffering in
 #    RequestState.make_request_output, vllm/v1/engine/output_processor.py. The client parses one

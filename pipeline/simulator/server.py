@@ -93,7 +93,7 @@ class _Gen:
     simulator does not stretch the service times it records.
 
     Events follow vLLM's `--stream-interval N`, read in vLLM's own source (PR #27869, first in the
-    v0.11.1 release; v0.11.0 lacks it): vllm/config/scheduler.py `SchedulerConfig.stream_interval:
+    v0.11.1 release, built from commit 439368496 per its vllm/_version.py; v0.11.0 lacks it): vllm/config/scheduler.py `SchedulerConfig.stream_interval:
     int = Field(default=1, ge=1)`, "--stream-interval" in vllm/engine/arg_utils.py, and
     `RequestState.make_request_output` in vllm/v1/engine/output_processor.py, which sends a
     request's output only when it has finished, when it is the first token (sent_tokens_offset ==
