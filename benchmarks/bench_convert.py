@@ -14,7 +14,8 @@ Workloads (benchmarks/workload.py builds and caches the files under outputs/benc
 Servers: simulated VLM and reasoner endpoints (`coldstart simulate`, each in its own process),
 64 slots each (vLLM's max_num_seqs); lognormal output lengths with medians 350 (VLM) and 1500
 (reasoner) tokens, sigma 0.6; service time = ttft + tokens * per_token_s (0.002 s: a 300-sample
-run takes 30-60 s).
+run takes 30-60 s). Tokens are streamed --stream-interval to an event (default: `coldstart vllm`'s,
+ServerSpec.stream_interval, so the servers stream as the vLLM it starts would).
 
 Clients, each a separate process tree, in the same run against the same servers:
   coldstart  `python -m pipeline.cli convert --config ...` (the `coldstart convert` console script)
@@ -27,7 +28,9 @@ Per client: wall time; its ideal streaming floor (the per-sample stage service t
 recorded for *its* requests, replayed through a zero-overhead event simulation with the same slots,
 later stages first); wall / floor; client CPU ms per sample (getrusage of the client's whole process
 tree, children included); peak RSS of the process tree (sampled every 0.25 s); store bytes per sample
-(coldstart: <out>/.state; curator: its cache dir; plain: its results file); busy slots (max) per role.
+(coldstart: <out>/.state; curator: its cache dir; plain: its results file); busy slots (max) per role;
+the CPU seconds each simulator process used during the client's run (psutil), which shows when the
+servers themselves, not the client, saturate the machine.
 `--busy on` runs one CPU-spinning process beside the client. A table is printed and the figures are
 written to outputs/bench/<workload>-<UTC time>.json.
 """
@@ -55,8 +58,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(1, str(ROOT))
 
 from workload import ITEM, make_workload  # noqa: E402
+
+from pipeline.build_config import ServerSpec  # noqa: E402
 
 STAGE_ENDPOINT = {"pseudo_cot": "vlm", "description": "vlm", "reasoning": "reasoner"}
 ORDER = ["pseudo_cot", "description", "reasoning"]
@@ -236,15 +242,30 @@ def client_command(name: str, args, work: Path, input_path: Path, image_root: Pa
     return [str(python), str(ROOT / "benchmarks" / "client_curator.py"), *common], env, out / "cache"
 
 
+def cpu_seconds(procs: list[psutil.Process]) -> list[float]:
+    """User + system CPU seconds each process has used so far (nan once it is gone)."""
+    out = []
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            out.append(t.user + t.system)
+        except psutil.NoSuchProcess:
+            out.append(float("nan"))
+    return out
+
+
 def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[str, list[int]], n: int,
-            busy: bool) -> dict:
+            busy: bool, sims: dict[str, list[psutil.Process]]) -> dict:
     urls = {role: [f"http://127.0.0.1:{p}/v1" for p in ps] for role, ps in ports.items()}
     cmd, env, store = client_command(name, args, work, *data, urls["vlm"], urls["reasoner"])
     for ps in ports.values():
         for p in ps:
             sim_reset(p)
     load = os.getloadavg()[0]  # other work on the machine skews every figure: recorded with them
+    server_cpu0 = {role: cpu_seconds(ps) for role, ps in sims.items()}
     m = measure(cmd, env, work / f"{name}.log", busy)
+    server_cpu = {role: [round(b - a, 2) for a, b in zip(server_cpu0[role], cpu_seconds(ps))]
+                  for role, ps in sims.items()}
     stats = {role: [sim_get(p, "/sim/stats") for p in ps] for role, ps in ports.items()}
     prompts = {role: [e for p in ps for e in sim_get(p, "/sim/prompts")] for role, ps in ports.items()}
     service = {role: [s for st in sts for s in st["service"]] for role, sts in stats.items()}
@@ -257,6 +278,10 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
         "wall_s": round(m["wall_s"], 2), "ideal_streaming_floor_s": round(floor, 2),
         "ratio": round(m["wall_s"] / floor, 3) if times else None,
         "client_cpu_ms_per_sample": round(1000 * m["cpu_s"] / n, 1),
+        # CPU seconds of each simulator process during the run (the servers' own cost, not the client's).
+        "server_cpu_s": server_cpu,
+        "server_cpu_share_of_machine": round(sum(sum(v) for v in server_cpu.values())
+                                             / (m["wall_s"] * (os.cpu_count() or 1)), 3),
         "peak_rss_mb": round(m["peak_rss_bytes"] / 2**20, 1),
         "store_bytes_per_sample": round(dir_bytes(store) / n),
         "requests": {role: sum(st["requests"] for st in sts) for role, sts in stats.items()},
@@ -278,13 +303,15 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
 
 
 def table(rows: list[dict]) -> str:
-    head = ("client", "machine", "wall s", "floor s", "ratio", "CPU ms/sample", "peak RSS MB", "store B/sample",
-            "busy VLM slots", "busy R1 slots")
+    head = ("client", "machine", "wall s", "floor s", "ratio", "CPU ms/sample", "server CPU s", "peak RSS MB",
+            "store B/sample", "busy VLM slots", "busy R1 slots")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lines.append(" | ".join(str(x) for x in (
             r["client"], "busy" if r["busy_machine"] else "quiet", r["wall_s"], r["ideal_streaming_floor_s"],
-            f"{r['ratio']}x", r["client_cpu_ms_per_sample"], r["peak_rss_mb"], r["store_bytes_per_sample"],
+            f"{r['ratio']}x", r["client_cpu_ms_per_sample"],
+            f"{sum(sum(v) for v in r['server_cpu_s'].values()):.1f} ({100 * r['server_cpu_share_of_machine']:.0f}%)",
+            r["peak_rss_mb"], r["store_bytes_per_sample"],
             f"{sum(r['max_busy_slots']['vlm'])}/{r['slots']['vlm']}",
             f"{sum(r['max_busy_slots']['reasoner'])}/{r['slots']['reasoner']}")))
     return "\n".join(lines)
@@ -300,6 +327,8 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=64)
     ap.add_argument("--per-token-s", type=float, default=0.002)
     ap.add_argument("--ttft-s", type=float, default=0.05)
+    ap.add_argument("--stream-interval", type=int, default=ServerSpec.model_fields["stream_interval"].default,
+                    help="tokens per streamed event, as vLLM's --stream-interval (default: coldstart vllm's)")
     ap.add_argument("--vlm-median-tokens", type=float, default=350)
     ap.add_argument("--reasoner-median-tokens", type=float, default=1500)
     ap.add_argument("--sigma", type=float, default=0.6)
@@ -316,8 +345,10 @@ def main() -> None:
     work = args.out / "runs" / args.workload
     work.mkdir(parents=True, exist_ok=True)
 
+    if args.stream_interval < 1:
+        ap.error("--stream-interval must be at least 1")
     common = {"slots": args.slots, "per_token_s": args.per_token_s, "ttft_s": args.ttft_s,
-              "length_sigma": args.sigma, "keep_prompts": 3 * n + 1000}
+              "stream_interval": args.stream_interval, "length_sigma": args.sigma, "keep_prompts": 3 * n + 1000}
     ports = {"vlm": [args.base_port + i for i in range(replicas)],
              "reasoner": [args.base_port + 100 + i for i in range(replicas)]}
     # Lengths capped below the clients' max_tokens (2048 / 16384): a truncated response is a failure
@@ -329,9 +360,11 @@ def main() -> None:
              for p in ports["reasoner"]]
     rows = []
     try:
+        sim_procs = {"vlm": [psutil.Process(p.pid) for p in sims[:replicas]],
+                     "reasoner": [psutil.Process(p.pid) for p in sims[replicas:]]}
         for busy in {"off": [False], "on": [True], "both": [False, True]}[args.busy]:
             for name in args.clients.split(","):
-                rows.append(run_one(name, args, work, data, ports, n, busy))
+                rows.append(run_one(name, args, work, data, ports, n, busy, sim_procs))
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         for p in sims:
@@ -339,8 +372,8 @@ def main() -> None:
             p.wait()
     print()
     print(f"workload {args.workload}: {n} samples ({kind}), {replicas} VLM + {replicas} reasoner replicas of "
-          f"{args.slots} slots, per_token_s {args.per_token_s}, medians {args.vlm_median_tokens:g}/"
-          f"{args.reasoner_median_tokens:g} tokens")
+          f"{args.slots} slots, per_token_s {args.per_token_s}, stream_interval {args.stream_interval}, medians "
+          f"{args.vlm_median_tokens:g}/{args.reasoner_median_tokens:g} tokens; {os.cpu_count()} CPUs")
     print(table(rows))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"{args.workload}-{stamp}.json"

@@ -21,6 +21,13 @@ from .config import EndpointConfig
 #    `--limit-mm-per-prompt '{"image": N, "video": 0}'` in servers.vlm.extra_args: the last one wins.
 #  - --reasoning-parser deepseek_r1 (docs/features/reasoning_outputs.md); the older
 #    --enable-reasoning switch is gone.
+#  - --stream-interval N (servers.<role>.stream_interval, sent only when N > 1): each request's
+#    tokens go out N to a streamed event, the first token and the final output at once. vLLM added
+#    it in 0.11.1 (PR #27869; release commit 439368496; v0.11.0 has no such argument and refuses it): SchedulerConfig
+#    .stream_interval in vllm/config/scheduler.py ("a larger value (e.g., 10) reduces host overhead
+#    and may increase throughput"), the flag in vllm/engine/arg_utils.py, the buffering in
+#    RequestState.make_request_output, vllm/v1/engine/output_processor.py. The client parses one
+#    event per N tokens instead of one per token (issue #10: busy GPUs, a quiet client CPU).
 # Multimodal options are refused for a text-only model ("`limit_mm_per_prompt` is only supported
 # for multimodal models", ModelConfig in vllm/config.py of the 0.6-0.10 releases), so the reasoner,
 # to which we only ever send text, gets none.
@@ -40,6 +47,8 @@ def serve_command(spec: ServerSpec, endpoint: EndpointConfig, role: str) -> list
            # Match the client's per-replica concurrency so requests queue in our priority order.
            "--max-num-seqs", str(endpoint.max_concurrency),
            "--enable-prefix-caching"]
+    if spec.stream_interval > 1:
+        cmd += ["--stream-interval", str(spec.stream_interval)]
     if role in TEXT_ONLY_ROLES:
         cmd += ["--reasoning-parser", "deepseek_r1"]  # reasoning arrives apart from the answer
     else:

@@ -44,11 +44,14 @@ async def _chat(cfg, store, messages=PROMPT, **kw):
         await client.close()
 
 
+@pytest.mark.parametrize("stream_interval", [1, 8])
 @pytest.mark.parametrize("fault", ["p429", "p500", "pdrop", "pstall", "perror"])
-def test_retries_each_fault_kind_then_succeeds(store, fault):
+def test_retries_each_fault_kind_then_succeeds(store, fault, stream_interval):
     # pdrop: the connection drops mid-stream; pstall: the stream goes silent longer than the idle
-    # timeout; perror: an error event (code 500) mid-stream. Each is cut, retried, then succeeds.
-    sim_cfg = SimConfig(models=["r1"], **{fault: 1.0}, max_faults_per_key=2, retry_after_s=0.01, stall_s=5)
+    # timeout; perror: an error event (code 500) mid-stream. Each is cut, retried, then succeeds,
+    # whether the server sends a token an event or batches them (vLLM's --stream-interval).
+    sim_cfg = SimConfig(models=["r1"], **{fault: 1.0}, max_faults_per_key=2, retry_after_s=0.01, stall_s=5,
+                        stream_interval=stream_interval)
     with SimServer(sim_cfg) as sim, SimServer(SimConfig(models=["r1"])) as clean:
         t0 = time.monotonic()
         result, client = run(_chat(endpoint(sim, idle_timeout_s=0.4), store))

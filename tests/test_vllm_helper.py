@@ -27,14 +27,24 @@ def test_exact_lines_for_a_vlm_and_a_text_only_reasoner():
     assert cmds["vlm"] == (
         "vllm serve Qwen/Qwen2.5-VL-72B-Instruct --served-model-name Qwen/Qwen2.5-VL-72B-Instruct --port 8000 "
         "--tensor-parallel-size 4 --max-model-len 16384 --gpu-memory-utilization 0.9 --max-num-seqs 48 "
-        "--enable-prefix-caching --limit-mm-per-prompt '{\"image\": 2}'")
+        "--enable-prefix-caching --stream-interval 10 --limit-mm-per-prompt '{\"image\": 2}'")
     assert cmds["reasoner"] == (
         "vllm serve deepseek-ai/DeepSeek-R1 --served-model-name deepseek-ai/DeepSeek-R1 --port 8001 "
         "--tensor-parallel-size 8 --max-model-len 32768 --gpu-memory-utilization 0.9 --max-num-seqs 32 "
-        "--enable-prefix-caching --reasoning-parser deepseek_r1")
+        "--enable-prefix-caching --stream-interval 10 --reasoning-parser deepseek_r1")
     # What the shell hands vLLM: the limit is one argument holding valid JSON.
     argv = shlex.split(cmds["vlm"])
     assert json.loads(argv[argv.index("--limit-mm-per-prompt") + 1]) == {"image": 2}
+
+
+def test_stream_interval_is_sent_only_above_one():
+    # vLLM < 0.11.1 refuses --stream-interval: stream_interval 1 (vLLM's own default) leaves it out.
+    cmds = serve_commands(_build(reasoner={"stream_interval": 1}, vlm={"images_per_prompt": 2, "stream_interval": 32}))
+    assert "--stream-interval" not in cmds["reasoner"]
+    argv = shlex.split(cmds["vlm"])
+    assert argv.count("--stream-interval") == 1 and argv[argv.index("--stream-interval") + 1] == "32"
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        _build(vlm={"stream_interval": 0})
 
 
 def test_reasoner_never_gets_multimodal_limits_whatever_its_spec_says():

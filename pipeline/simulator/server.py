@@ -13,6 +13,7 @@ import time
 from collections import Counter, deque
 from typing import Any, Literal
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, Field
 
@@ -44,6 +45,10 @@ class SimConfig(BaseModel):
     leak_rate: float = 0.0  # share of descriptions that announce the answer (until asked not to)
     judge_invalid_rate: float = 0.0  # share of traces the simulated judge calls INVALID
     reasoning_mode: Literal["field", "inline"] = "field"
+    # Tokens per streamed event, as vLLM's `--stream-interval N` (engine argument, SchedulerConfig,
+    # default 1): each choice's tokens are buffered and sent as one event of their concatenated text
+    # every N tokens; the first token goes out at once and the rest when the choice ends. See _Gen.
+    stream_interval: int = Field(1, ge=1)
     fault_seed: int = 0
     keep_prompts: int = 2000
 
@@ -74,6 +79,209 @@ def _tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+|\s+$", text)
 
 
+_SUFFIX = b"]}\n\n"
+
+
+class _Gen:
+    """One streamed request inside the engine: its choices' tokens, how far they have got, and the
+    encoded events its handler has yet to write.
+
+    Token k of every choice is due at t_first + k * per_token_s (t_first = admission + ttft_s); the
+    finish chunks, usage and [DONE] at t_first + steps * per_token_s, so a request holds its slot
+    for ttft_s + tokens * per_token_s as before. What is due is worked out from the clock, not
+    counted in steps, so an engine step that runs late sends everything due at once and a loaded
+    simulator does not stretch the service times it records.
+
+    Events follow vLLM's `--stream-interval N`, read in vLLM's own source (PR #27869, first in the
+    v0.11.1 release, built from commit 439368496 per its vllm/_version.py; v0.11.0 lacks it): vllm/config/scheduler.py `SchedulerConfig.stream_interval:
+    int = Field(default=1, ge=1)`, "--stream-interval" in vllm/engine/arg_utils.py, and
+    `RequestState.make_request_output` in vllm/v1/engine/output_processor.py, which sends a
+    request's output only when it has finished, when it is the first token (sent_tokens_offset ==
+    0), or when N tokens have piled up since the last send, and then sends all the tokens from that
+    offset (their detokenized text as one delta). Each of the n choices is its own request there,
+    so each choice is buffered on its own: its tokens go out at index 0, N, 2N, ... and at its last
+    token. vllm/entrypoints/openai/serving_chat.py makes one chunk of each such output; with a
+    reasoning parser (vllm/reasoning/basic_parsers.py, deepseek_r1_reasoning_parser.py) a delta that
+    crosses </think> becomes one DeltaMessage with both the reasoning and the content, so one event
+    here can carry `reasoning_content` and then `content`. (vLLM puts a choice's last text in its
+    finish chunk; here, as before, the finish chunk is a separate empty delta.)"""
+
+    __slots__ = ("server", "payload", "fault", "include_usage", "prefix", "choices", "interval", "steps",
+                 "per_token_s", "fault_at", "t_first", "due", "k", "sent", "started", "out", "wake", "state")
+
+    def __init__(self, server: "SimServer", payload: dict[str, Any], fault: str | None, include_usage: bool):
+        cfg = server.config
+        self.server, self.payload, self.fault, self.include_usage = server, payload, fault, include_usage
+        head = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"],
+                "model": payload["model"]}
+        self.prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":['
+        self.choices: list[tuple[list[str], int]] = []  # (tokens, how many of them are reasoning)
+        for choice in payload["choices"]:
+            msg = choice["message"]
+            think = _tokens(msg.get("reasoning_content") or "")
+            self.choices.append((think + _tokens(msg.get("content") or ""), len(think)))
+        self.interval = cfg.stream_interval
+        self.per_token_s = cfg.per_token_s
+        self.steps = max((len(t) for t, _ in self.choices), default=0)
+        self.fault_at = self.steps // 2 if fault in ("drop", "stall", "error") and self.steps else -1
+        self.t_first = self.due = 0.0
+        self.k = 0  # tokens produced so far, per choice (choices advance together, one token a step)
+        self.sent = [0] * len(self.choices)  # per choice: tokens already sent
+        self.started = False
+        self.out: list[bytes] = []
+        self.wake = asyncio.Event()
+        self.state: str | None = None  # "done" | "drop" | "error" once the engine is through with it
+
+    def start(self, now: float) -> None:
+        self.t_first = self.due = now + self.server.config.ttft_s
+
+    def _event(self, choice: dict[str, Any]) -> bytes:
+        return self.prefix + orjson.dumps(choice) + _SUFFIX
+
+    def _next_flush(self, k: int) -> int:
+        """The first token index >= k at which some choice sends (assumes k < steps)."""
+        n = self.interval
+        nxt = -(-k // n) * n
+        if nxt >= self.steps:
+            nxt = self.steps
+        for toks, _ in self.choices:
+            last = len(toks) - 1
+            if k <= last < nxt:
+                nxt = last
+        return nxt
+
+    def _emit_until(self, limit: int) -> None:
+        """Send, choice by choice in token order, every batch that closes before token `limit`."""
+        k, n, out = self.k, self.interval, self.out
+        while k < limit:
+            p = self._next_flush(k)
+            if p >= limit:
+                break
+            for i, (toks, think) in enumerate(self.choices):
+                if p < len(toks) and (p % n == 0 or p == len(toks) - 1):
+                    a, e = self.sent[i], p + 1
+                    delta = {}
+                    if a < think:
+                        delta["reasoning_content"] = "".join(toks[a:min(e, think)])
+                    if e > think:
+                        delta["content"] = "".join(toks[max(a, think):e])
+                    self.sent[i] = e
+                    out.append(self._event({"index": i, "delta": delta, "logprobs": None, "finish_reason": None}))
+            k = p + 1
+        self.k = max(self.k, limit)
+
+    def advance(self, now: float) -> None:
+        """Produce everything due by `now`; set `due` to when something is next due."""
+        server, cfg, out = self.server, self.server.config, self.out
+        if not self.started:
+            out.append(b"".join(self._event({"index": c["index"], "delta": {"role": "assistant", "content": ""},
+                                             "logprobs": None, "finish_reason": None})
+                                for c in self.payload["choices"]))
+            self.started = True
+        pts = self.per_token_s
+        while True:
+            if now < self.t_first:
+                due_n = 0
+            elif pts:
+                due_n = min(self.steps, int((now - self.t_first) / pts + 1e-9) + 1)
+            else:
+                due_n = self.steps
+            fault_hit = 0 <= self.fault_at < due_n
+            self._emit_until(self.fault_at if fault_hit else due_n)
+            if not fault_hit:
+                break
+            self.fault_at = -1
+            if self.fault == "stall":  # silent for stall_s, then on as before
+                server.status_counts["stall"] += 1
+                self.t_first += cfg.stall_s
+                continue
+            if self.fault == "drop":
+                server.status_counts["drop"] += 1
+                self.state = "drop"
+            else:
+                server.status_counts["error"] += 1
+                err = {"error": {"message": "EngineCore encountered an issue (simulated)",
+                                 "type": "InternalServerError" if cfg.error_code >= 500 else "BadRequestError",
+                                 "param": None, "code": cfg.error_code}}
+                out.append(b"data: " + orjson.dumps(err) + b"\n\ndata: [DONE]\n\n")
+                self.state = "error"
+            self.wake.set()
+            return
+        if self.k >= self.steps:
+            end = self.t_first + self.steps * pts
+            if now >= end:
+                tail = [self._event({"index": c["index"], "delta": {"content": ""}, "logprobs": None,
+                                     "finish_reason": c["finish_reason"], "stop_reason": None})
+                        for c in self.payload["choices"]]
+                if self.include_usage:
+                    tail.append(self.prefix + b'],"usage":' + orjson.dumps(self.payload["usage"]) + b"}\n\n")
+                tail.append(b"data: [DONE]\n\n")
+                out.append(b"".join(tail))
+                self.state = "done"
+            else:
+                self.due = end
+        else:
+            nxt = self._next_flush(self.k)
+            if 0 <= self.fault_at < nxt:
+                nxt = self.fault_at
+            self.due = self.t_first + nxt * pts
+        if out or self.state is not None:
+            self.wake.set()
+
+
+class _Engine:
+    """One decode loop per server, like vLLM's continuous batching: a step produces what is due for
+    every active stream and wakes only the handlers that have events to write, instead of a timer
+    per stream per token. Steps come no closer together than per_token_s."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_token_s: float):
+        self.loop, self.per_token_s = loop, per_token_s
+        self.gens: dict[_Gen, None] = {}  # insertion-ordered set
+        self.handle: asyncio.TimerHandle | None = None
+        self.when = 0.0
+        self.last = float("-inf")
+
+    def add(self, gen: _Gen) -> None:
+        gen.start(self.loop.time())
+        self.gens[gen] = None
+        self._schedule(gen.due)
+
+    def discard(self, gen: _Gen) -> None:
+        self.gens.pop(gen, None)
+        if not self.gens and self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def _schedule(self, when: float) -> None:
+        when = max(when, self.last + self.per_token_s)
+        if self.handle is not None:
+            if self.when <= when:
+                return
+            self.handle.cancel()
+        self.when = when
+        self.handle = self.loop.call_at(when, self._step)
+
+    def _step(self) -> None:
+        self.handle = None
+        # The loop runs a timer up to its clock resolution early: count it as on time.
+        now = max(self.loop.time(), self.when)
+        self.last = now
+        nxt = float("inf")
+        for gen in list(self.gens):
+            if gen.due <= now:
+                try:
+                    gen.advance(now)
+                except Exception:  # never stop the engine for one stream: cut that one
+                    gen.state = "drop"
+                    gen.wake.set()
+            if gen.state is not None:
+                del self.gens[gen]
+            elif gen.due < nxt:
+                nxt = gen.due
+        if self.gens:
+            self._schedule(nxt)
+
+
 class SimServer:
     def __init__(self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0):
         self.config = config or SimConfig()
@@ -84,6 +292,7 @@ class SimServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._engine: _Engine | None = None
 
     # ---- stats -------------------------------------------------------------------------------
     def _reset_stats(self) -> None:
@@ -220,63 +429,37 @@ class SimServer:
 
     async def _stream(self, request: web.Request, payload: dict[str, Any], fault: str | None,
                       include_usage: bool) -> web.StreamResponse | None:
-        """Server-sent events as vLLM's OpenAI server writes them: a role delta per choice, one
-        chunk per token (`reasoning_content` then `content`), a finish chunk per choice, a usage
-        chunk with no choices when asked for, then `data: [DONE]`. Choices interleave token by token.
-        Faults strike halfway: "drop" closes the connection, "stall" goes silent for stall_s."""
-        cfg = self.config
-        head = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"],
-                "model": payload["model"]}
-        streams: list[list[tuple[str, str]]] = []
-        for choice in payload["choices"]:
-            msg = choice["message"]
-            toks = [("reasoning_content", t) for t in _tokens(msg.get("reasoning_content") or "")]
-            toks += [("content", t) for t in _tokens(msg.get("content") or "")]
-            streams.append(toks)
+        """Server-sent events as vLLM's OpenAI server writes them: a role delta per choice, token
+        deltas (`reasoning_content` then `content`, `stream_interval` tokens to an event), a finish
+        chunk per choice, a usage chunk with no choices when asked for, then `data: [DONE]`. Choices
+        interleave. The engine (_Engine) decides what is due and when; this handler only writes it.
+        Faults strike halfway: "drop" closes the connection, "stall" goes silent for stall_s,
+        "error" sends an error event."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-
-        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            return b"data: " + json.dumps({**head, "choices": choices, **extra}).encode() + b"\n\n"
-
-        if cfg.ttft_s:
-            await asyncio.sleep(cfg.ttft_s)
-        await resp.write(b"".join(event([{"index": c["index"], "delta": {"role": "assistant", "content": ""},
-                                          "logprobs": None, "finish_reason": None}]) for c in payload["choices"]))
-        steps = max((len(t) for t in streams), default=0)
-        t_first = time.monotonic()
-        for k in range(steps):
-            if k == steps // 2 and fault == "drop":
-                self.status_counts["drop"] += 1
-                assert request.transport is not None
-                request.transport.close()
-                return None
-            if k == steps // 2 and fault == "error":
-                self.status_counts["error"] += 1
-                err = {"error": {"message": "EngineCore encountered an issue (simulated)",
-                                 "type": "InternalServerError" if cfg.error_code >= 500 else "BadRequestError",
-                                 "param": None, "code": cfg.error_code}}
-                await resp.write(b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n")
-                await resp.write_eof()
-                return None
-            if k == steps // 2 and fault == "stall":
-                self.status_counts["stall"] += 1
-                await asyncio.sleep(cfg.stall_s)
-            out = [event([{"index": i, "delta": {field: tok}, "logprobs": None, "finish_reason": None}])
-                   for i, toks in enumerate(streams) if k < len(toks) for field, tok in (toks[k],)]
-            await resp.write(b"".join(out))
-            if cfg.per_token_s:
-                lag = t_first + (k + 1) * cfg.per_token_s - time.monotonic()
-                if lag > 0.001:
-                    await asyncio.sleep(lag)
-        tail = [event([{"index": c["index"], "delta": {"content": ""}, "logprobs": None,
-                        "finish_reason": c["finish_reason"], "stop_reason": None}]) for c in payload["choices"]]
-        if include_usage:
-            tail.append(event([], usage=payload["usage"]))
-        tail.append(b"data: [DONE]\n\n")
-        await resp.write(b"".join(tail))
+        assert self._engine is not None
+        gen = _Gen(self, payload, fault, include_usage)
+        self._engine.add(gen)
+        try:
+            out = gen.out
+            while True:
+                if out:
+                    data = b"".join(out)
+                    out.clear()
+                    await resp.write(data)
+                    continue
+                if gen.state is not None:
+                    break
+                gen.wake.clear()
+                await gen.wake.wait()
+        finally:  # also when aiohttp cancels the handler because the client went away
+            self._engine.discard(gen)
+        if gen.state == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            return None
         await resp.write_eof()
-        return resp
+        return None if gen.state == "error" else resp
 
     def _complete(self, body: dict[str, Any], text: str, n_images: int, key: str) -> tuple[dict[str, Any], int]:
         cfg = self.config
@@ -341,6 +524,7 @@ class SimServer:
     # ---- lifecycle ---------------------------------------------------------------------------
     async def _start(self) -> None:
         self._slots = asyncio.Semaphore(self.config.slots)
+        self._engine = _Engine(asyncio.get_running_loop(), self.config.per_token_s)
         # Like vLLM, abort a request whose client went away instead of finishing it for nobody.
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
