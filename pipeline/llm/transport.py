@@ -15,13 +15,14 @@ APIConnectionError, an error event mid-stream -> StreamError (retried when the s
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import importlib
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 
@@ -71,41 +72,45 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-@dataclass(frozen=True)
 class Connection:
-    """One replica: the SDK client (endpoint checks, error types) and the HTTP client under it,
-    through which the streamed chat requests go (see `stream_chat` for why not the SDK's method)."""
+    """One replica: the SDK client (endpoint checks, error types) and an aiohttp session for the
+    streamed chat requests (see `stream_chat` for why they do not go through the SDK)."""
 
-    api: openai.AsyncOpenAI
-    http: Any  # the SDK's http client (httpx2/httpx API), so its pool and timeouts are shared
-    chat_url: str
-    headers: dict[str, str]
+    def __init__(self, url: str, cfg: EndpointConfig):
+        timeout = openai.Timeout(cfg.idle_timeout_s)  # connect, read (= longest silence), write, pool
+        # Keys come from the environment only; local vLLM accepts any token.
+        key = os.environ.get(cfg.api_key_env) or "EMPTY"
+        self.api = openai.AsyncOpenAI(
+            base_url=url, api_key=key,
+            max_retries=0,  # tenacity owns retries, so backoff and slot release are ours
+            timeout=timeout,
+        )
+        self.chat_url = str(self.api.base_url).rstrip("/") + "/chat/completions"
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                        "Accept": "text/event-stream"}
+        self.pool = cfg.max_concurrency + 8  # +8: connections still closing
+        # sock_read bounds each read of the body: the longest silence, never the total time.
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=cfg.idle_timeout_s,
+                                             sock_connect=cfg.idle_timeout_s, sock_read=cfg.idle_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the event loop that uses it (a shard thread has its own).
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.pool, limit_per_host=self.pool),
+                timeout=self.timeout, auto_decompress=True)
+        return self._session
 
     async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         await self.api.close()
 
 
 def connect(url: str, cfg: EndpointConfig) -> Connection:
-    """One SDK client per replica, its connection pool sized to the replica's concurrency."""
-    timeout = openai.Timeout(cfg.idle_timeout_s)  # connect, read (= longest silence), write, pool
-    pool = cfg.max_concurrency + 8  # +8: endpoint checks and connections still closing
-    limits = _http.Limits(max_connections=pool, max_keepalive_connections=pool)
-    try:
-        # The SDK's aiohttp transport: its C HTTP parser halves the client CPU per streamed token
-        # (measured 8.4-9.3 against 18.7-19.2 us/token with the httpx transport).
-        http_client = openai.DefaultAioHttpClient(limits=limits, timeout=timeout)
-    except (AttributeError, RuntimeError):  # an SDK without it, or without its aiohttp extra
-        http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
-    # Keys come from the environment only; local vLLM accepts any token.
-    key = os.environ.get(cfg.api_key_env) or "EMPTY"
-    api = openai.AsyncOpenAI(
-        base_url=url, api_key=key,
-        max_retries=0,  # tenacity owns retries, so backoff and slot release are ours
-        timeout=timeout, http_client=http_client,
-    )
-    return Connection(api=api, http=http_client, chat_url=str(api.base_url).rstrip("/") + "/chat/completions",
-                      headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-                               "Accept": "text/event-stream"})
+    return Connection(url, cfg)
 
 
 # The SDK's own classes for each status, so callers see the same errors as from `chat.completions`.
@@ -116,15 +121,15 @@ _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
 }
 
 
-def _status_error(response: Any) -> openai.APIStatusError:
+def _status_error(status: int, headers: Any, content: bytes, request: Any) -> openai.APIStatusError:
+    response = _http.Response(status, headers=list(headers.items()), content=content, request=request)
     try:
-        body: Any = orjson.loads(response.content)
+        body: Any = orjson.loads(content)
     except ValueError:
         body = response.text or None
     data = body.get("error", body) if isinstance(body, dict) else body  # as the SDK does
-    cls = _STATUS_ERRORS.get(response.status_code) or (
-        openai.InternalServerError if response.status_code >= 500 else openai.APIStatusError)
-    return cls(f"Error code: {response.status_code} - {body}", response=response, body=data)
+    cls = _STATUS_ERRORS.get(status) or (openai.InternalServerError if status >= 500 else openai.APIStatusError)
+    return cls(f"Error code: {status} - {body}", response=response, body=data)
 
 
 def _stream_error(data: dict[str, Any], request: Any) -> StreamError | None:
@@ -178,31 +183,28 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
                       params: dict[str, Any], headers: dict[str, str], idle_timeout_s: float) -> dict[str, Any]:
     """Send one streamed request; return the completion dict once every choice has finished.
 
-    The request goes through the SDK's HTTP client but not through `chat.completions.create`:
-    the SDK's recursive parameter transform and `json.dumps` of a body holding a base64 image
-    cost ~4 ms per request, `orjson.dumps` ~0.1 ms. The body is read as raw byte chunks; each
-    chunk's complete events are parsed together, so the cost per token is a slice and a few dict
-    reads, not a line iterator, a text decode and a parse each."""
+    Not through `chat.completions.create`: the SDK's recursive parameter transform and `json.dumps`
+    of a body holding a base64 image cost ~4 ms per request (`orjson.dumps` ~0.1 ms), and each read
+    of a stream went through four async iterator layers (SDK, httpx, its aiohttp adapter, aiohttp)
+    before reaching the bytes. Here aiohttp's reads come straight in; each read's complete events
+    are parsed together, so the cost per event is a slice and a few dict reads. Statuses and cuts
+    become the SDK's typed errors, as `chat.completions.create` would raise them."""
     body = orjson.dumps({"model": model, "messages": messages, "stream": True,
                          "stream_options": {"include_usage": True}, **params})
-    request = conn.http.build_request("POST", conn.chat_url, content=body, headers={**conn.headers, **headers},
-                                      timeout=_http.Timeout(idle_timeout_s))
+    request = _http.Request("POST", conn.chat_url)  # named by the errors below, as the SDK's are
     asm = StreamAssembler()
+    timeout = conn.timeout if idle_timeout_s == conn.timeout.sock_read else aiohttp.ClientTimeout(
+        total=None, connect=idle_timeout_s, sock_connect=idle_timeout_s, sock_read=idle_timeout_s)
     try:
-        response = await conn.http.send(request, stream=True)
-    except _http.TimeoutException as exc:
-        raise openai.APITimeoutError(request=request) from exc
-    except _http.RequestError as exc:
-        raise openai.APIConnectionError(message=f"{type(exc).__name__}: {exc}", request=request) from exc
-    try:
-        if not 200 <= response.status_code < 300:
-            await response.aread()
-            raise _status_error(response)
-        buf = b""
-        done = False
-        try:
+        async with conn.session().post(conn.chat_url, data=body, headers={**conn.headers, **headers},
+                                       timeout=timeout) as response:
+            if not 200 <= response.status < 300:
+                raise _status_error(response.status, response.headers, await response.read(), request)
+            content = response.content
+            buf = b""
+            done = False
             # Read to the end of the body even after [DONE], so the connection goes back to the pool.
-            async for chunk in response.aiter_bytes():
+            while chunk := await content.readany():
                 if done:
                     continue
                 buf += chunk
@@ -213,27 +215,21 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
                     continue
                 *blocks, buf = buf.split(b"\n\n")
                 payloads = [d for b in blocks if (d := _event_data(b)) is not None]
-                if payloads and payloads[-1] == b"[DONE]":
-                    done = True
-                    payloads.pop()
                 if b"[DONE]" in payloads:
                     payloads = payloads[:payloads.index(b"[DONE]")]
                     done = True
                 if payloads:
                     _feed(asm, payloads, request)
-        except _http.TimeoutException as exc:
-            raise openai.APITimeoutError(request=request) from exc
-        except _http.RequestError as exc:  # connection dropped mid-body, incomplete chunked read, ...
-            raise openai.APIConnectionError(message=f"stream cut: {type(exc).__name__}: {exc}",
-                                            request=request) from exc
-        if not done and (last := _event_data(buf.strip(b"\n"))) not in (None, b"[DONE]"):
-            _feed(asm, [last], request)  # no blank line after the last event
-        try:
-            return asm.result()
-        except IncompleteStream as exc:
-            raise openai.APIConnectionError(message=f"stream cut: {exc}", request=request) from exc
-    finally:
-        await response.aclose()
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise openai.APITimeoutError(request=request) from exc
+    except aiohttp.ClientError as exc:  # refused, dropped mid-body, incomplete chunked read, ...
+        raise openai.APIConnectionError(message=f"stream cut: {type(exc).__name__}: {exc}", request=request) from exc
+    if not done and (last := _event_data(buf.strip(b"\n"))) not in (None, b"[DONE]"):
+        _feed(asm, [last], request)  # no blank line after the last event
+    try:
+        return asm.result()
+    except IncompleteStream as exc:
+        raise openai.APIConnectionError(message=f"stream cut: {exc}", request=request) from exc
 
 
 def _feed(asm: StreamAssembler, payloads: list[bytes], request: Any) -> None:

@@ -406,7 +406,12 @@ class SimServer:
                 payload, n_tokens = self._complete(body, text, n_images, key)
                 if streamed:
                     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                    resp = await self._stream(request, payload, fault, include_usage)
+
+                    def finished() -> None:
+                        # Counted before the last bytes go out: a client that has read them may ask
+                        # for the stats at once (from another thread).
+                        self._record(key, stage, sample, queued, start, n_tokens)
+                    resp = await self._stream(request, payload, fault, include_usage, finished)
                     if resp is None:  # dropped
                         return web.Response(status=500)
                 else:
@@ -420,15 +425,19 @@ class SimServer:
                     await asyncio.sleep(service)
             finally:
                 self.active -= 1
-        end = time.monotonic()
+        if streamed:
+            return resp
+        self._record(key, stage, sample, queued, start, n_tokens)
+        return web.json_response(payload)
+
+    def _record(self, key: str, stage: str, sample: str, queued: float, start: float, n_tokens: int) -> None:
         self.completed_by_key[key] += 1
         self.status_counts[200] += 1
         self.service.append({"key": key, "stage": stage, "sample": sample, "queued": queued - self.t0,
-                             "start": start - self.t0, "end": end - self.t0, "tokens": n_tokens})
-        return resp if streamed else web.json_response(payload)
+                             "start": start - self.t0, "end": time.monotonic() - self.t0, "tokens": n_tokens})
 
     async def _stream(self, request: web.Request, payload: dict[str, Any], fault: str | None,
-                      include_usage: bool) -> web.StreamResponse | None:
+                      include_usage: bool, finished: Any) -> web.StreamResponse | None:
         """Server-sent events as vLLM's OpenAI server writes them: a role delta per choice, token
         deltas (`reasoning_content` then `content`, `stream_interval` tokens to an event), a finish
         chunk per choice, a usage chunk with no choices when asked for, then `data: [DONE]`. Choices
@@ -446,6 +455,9 @@ class SimServer:
                 if out:
                     data = b"".join(out)
                     out.clear()
+                    if gen.state == "done" and finished is not None:
+                        finished()
+                        finished = None
                     await resp.write(data)
                     continue
                 if gen.state is not None:
