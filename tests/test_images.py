@@ -550,8 +550,10 @@ def test_convert_sends_what_a_person_sees_and_keeps_it_for_the_trainer(tmp_path,
     real_load, real_keep = runner_mod.load_images, runner_mod.kept_image_paths
     monkeypatch.setattr(runner_mod, "load_images",
                         lambda *a: loop_threads.append(threading.current_thread()) or real_load(*a))
+    at_keep = []  # the images a kept sample still holds when its record is written
     monkeypatch.setattr(runner_mod, "kept_image_paths",
-                        lambda *a: loop_threads.append(threading.current_thread()) or real_keep(*a))
+                        lambda *a: loop_threads.append(threading.current_thread()) or at_keep.extend(a[0])
+                        or real_keep(*a))
 
     vlm = RecordingSim(SimConfig(role="vlm", models=[VLM_MODEL], slots=8)).start()
     reasoner = SimServer(SimConfig(role="reasoner", models=[R1_MODEL], slots=8)).start()
@@ -595,6 +597,9 @@ def test_convert_sends_what_a_person_sees_and_keeps_it_for_the_trainer(tmp_path,
     assert sent_cam.size == upright1.size
     assert max(ImageStat.Stat(ImageChops.difference(sent_cam, upright1)).mean) < 4  # upright, as photographed
     assert (out / records["demo-00002"]["image"]).resolve() == (datasets / "coco" / "2.png").resolve()
+    # Past the VLM stages a sample holds no image bytes, except a transformed image's (to write it).
+    assert at_keep and all((im.data_url != "") == bool(im.transforms) for im in at_keep)
+    assert any(im.transforms for im in at_keep) and any(not im.transforms for im in at_keep)
 
 
 def test_big_jpeg_is_drafted_then_resized_to_the_exact_target(root):
