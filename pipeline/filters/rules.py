@@ -55,9 +55,10 @@ class DegenerateFilter(Filter):
             line, n = lines.most_common(1)[0]
             if n > self.max_line_repeats:
                 return Drop("degenerate", f"line repeated {n} times: {line[:80]!r}")
-        grams = [tuple(words[i:i + self.ngram]) for i in range(len(words) - self.ngram + 1)]
-        if len(grams) >= 4 * self.ngram:
-            ratio = len(set(grams)) / len(grams)
+        total = len(words) - self.ngram + 1
+        if total >= 4 * self.ngram:
+            # Every run of `ngram` consecutive words (zip of shifted lists: no Python-level loop).
+            ratio = len(set(zip(*(words[i:] for i in range(self.ngram))))) / total
             if ratio < self.min_ratio:
                 return Drop("degenerate", f"{self.ngram}-gram loop: distinct ratio {ratio:.2f} < {self.min_ratio}")
         return KEEP
