@@ -62,7 +62,7 @@ def test_degenerate_filter_catches_loops_repeats_and_empty():
     f = DegenerateFilter()
     loop = GOOD + "\n" + " ".join(["Wait, so the answer is B because the fruit is yellow."] * 40)
     result = f(trace(reasoning=loop))
-    assert reason_of(result) == "degenerate" and "8-gram loop: distinct ratio 0.2" in result.detail
+    assert reason_of(result) == "degenerate" and "8-gram loop: distinct ratio 0.30 < 0.6" in result.detail
     repeated = GOOD + "\n" + "\n".join(["Let me double check the shape of the fruit again."] * 5)
     result = f(trace(reasoning=repeated))
     assert reason_of(result) == "degenerate" and "repeated 5 times" in result.detail
