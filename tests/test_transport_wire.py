@@ -5,6 +5,7 @@ right kind; HTTP statuses become the SDK's typed errors with their headers."""
 
 import asyncio
 import json
+import time
 
 import openai
 import pytest
@@ -42,11 +43,15 @@ def _body(reasoning=True) -> bytes:
 class WireServer:
     """Writes the given bytes as the body, in pieces of `piece` bytes, one HTTP chunk each."""
 
-    def __init__(self, body: bytes, piece: int = 0, status: int = 200, headers=None):
+    def __init__(self, body: bytes, piece: int = 0, status: int = 200, headers=None, pause_s: float = 0,
+                 pause_at: int = 0):
         self.body, self.piece, self.status, self.headers = body, piece, status, headers or {}
+        self.pause_s, self.pause_at = pause_s, pause_at  # silence before the headers (-1) or at that byte
 
     async def handler(self, request):
         self.request_body, self.request_headers = await request.json(), request.headers.copy()
+        if self.pause_at < 0:
+            await asyncio.sleep(self.pause_s)
         if self.status != 200:
             return web.Response(status=self.status, body=self.body, headers=self.headers,
                                 content_type="application/json")
@@ -54,6 +59,8 @@ class WireServer:
         await resp.prepare(request)
         step = self.piece or len(self.body)
         for i in range(0, len(self.body), step):
+            if self.pause_s and self.pause_at >= 0 and i <= self.pause_at < i + step:
+                await asyncio.sleep(self.pause_s)
             await resp.write(self.body[i:i + step])
             await asyncio.sleep(0)
         await resp.write_eof()
@@ -73,19 +80,19 @@ class WireServer:
         await self.runner.cleanup()
 
 
-async def _send(server: WireServer):
-    conn = connect(server.url, EndpointConfig(url=server.url, model="m", idle_timeout_s=5))
+async def _send(server: WireServer, idle: float = 5):
+    conn = connect(server.url, EndpointConfig(url=server.url, model="m", idle_timeout_s=idle))
     try:
         return await stream_chat(conn, model="m", messages=[{"role": "user", "content": "hi"}], params={},
-                                 headers={}, idle_timeout_s=5)
+                                 headers={}, idle_timeout_s=idle)
     finally:
         await conn.close()
 
 
-def run(body: bytes, **kw):
+def run(body: bytes, idle: float = 5, **kw):
     async def main():
         async with WireServer(body, **kw) as server:
-            return await _send(server)
+            return await _send(server, idle)
     return asyncio.run(main())
 
 
@@ -179,3 +186,33 @@ def test_the_request_body_is_the_openai_chat_request():
     assert server.request_body == {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                                    "stream_options": {"include_usage": True}, "temperature": 0.5, "max_tokens": 9}
     assert server.request_headers["X-K"] == "v" and server.request_headers["Authorization"] == "Bearer EMPTY"
+
+
+@pytest.mark.parametrize("pause_at", [-1, 300])
+def test_silence_before_the_headers_or_mid_body_is_cut_after_the_idle_timeout(pause_at):
+    async def main():
+        async with WireServer(_body(), piece=100, pause_s=3, pause_at=pause_at) as server:
+            t0 = time.monotonic()
+            with pytest.raises(openai.APITimeoutError) as exc:
+                await _send(server, 0.4)
+            return time.monotonic() - t0, exc.value
+    waited, exc = asyncio.run(main())
+    assert 0.4 <= waited < 1.0 and is_retryable(exc)
+
+
+def test_a_slow_stream_that_keeps_sending_is_not_cut():
+    # 30 pieces, a pause of 0.3 s before one of them: 0.9 s of silence in all, never 0.4 s at once
+    body = _body()
+    out = run(body, idle=0.4, piece=len(body) // 3, pause_s=0.3, pause_at=len(body) // 2)
+    assert out["choices"][0]["message"]["content"] == EXPECTED
+
+
+def test_an_idle_cut_does_not_leak_a_cancellation_into_the_caller():
+    async def main():
+        async with WireServer(_body(), piece=100, pause_s=3, pause_at=300) as server:
+            with pytest.raises(openai.APITimeoutError):
+                await _send(server, 0.3)
+            assert asyncio.current_task().cancelling() == 0
+            await asyncio.sleep(0.05)  # a leaked cancellation would strike here
+            return "alive"
+    assert asyncio.run(main()) == "alive"

@@ -72,6 +72,49 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+class IdleWatch:
+    """Cuts the streams of one event loop that have been silent longer than their idle timeout.
+
+    One timer for all streams, waking every quarter timeout (at most 1 s): aiohttp's `sock_read`
+    timeout re-arms a timer on every read (~6% of the client's CPU at one read per event). A stream
+    notes the time of each read in its entry; a cut stream's task is cancelled, and `stream_chat`
+    turns that cancellation into APITimeoutError. A cut lands between idle and idle + period."""
+
+    def __init__(self) -> None:
+        self.entries: dict[asyncio.Task[Any], list[float]] = {}  # task -> [last activity, idle timeout]
+        self.cut: set[asyncio.Task[Any]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, idle_timeout_s: float) -> list[float]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        entry = self.entries[task] = [loop.time(), idle_timeout_s]
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="idle-watch")
+        return entry
+
+    def stop(self) -> bool:
+        """Forget the current task's stream; True when it was cut (its cancellation is then withdrawn)."""
+        task = asyncio.current_task()
+        self.entries.pop(task, None)  # type: ignore[arg-type]
+        if task in self.cut:
+            self.cut.discard(task)  # type: ignore[arg-type]
+            task.uncancel()  # type: ignore[union-attr]
+            return True
+        return False
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.entries:
+            await asyncio.sleep(min(1.0, min(idle for _, idle in self.entries.values()) / 4))
+            now = loop.time()
+            for task, (last, idle) in list(self.entries.items()):
+                if now - last > idle and task not in self.cut and not task.done():
+                    self.cut.add(task)
+                    task.cancel("idle timeout")
+
+
 class Connection:
     """One replica: the SDK client (endpoint checks, error types) and an aiohttp session for the
     streamed chat requests (see `stream_chat` for why they do not go through the SDK)."""
@@ -89,9 +132,10 @@ class Connection:
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
                         "Accept": "text/event-stream"}
         self.pool = cfg.max_concurrency + 8  # +8: connections still closing
-        # sock_read bounds each read of the body: the longest silence, never the total time.
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=cfg.idle_timeout_s,
-                                             sock_connect=cfg.idle_timeout_s, sock_read=cfg.idle_timeout_s)
+        # Connecting is bounded here; silence (waiting for the headers or for the next bytes of the
+        # body) by the IdleWatch, never the total time.
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=cfg.idle_timeout_s, sock_connect=cfg.idle_timeout_s)
+        self.watch = IdleWatch()
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -193,8 +237,11 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
                          "stream_options": {"include_usage": True}, **params})
     request = _http.Request("POST", conn.chat_url)  # named by the errors below, as the SDK's are
     asm = StreamAssembler()
-    timeout = conn.timeout if idle_timeout_s == conn.timeout.sock_read else aiohttp.ClientTimeout(
-        total=None, connect=idle_timeout_s, sock_connect=idle_timeout_s, sock_read=idle_timeout_s)
+    timeout = conn.timeout if idle_timeout_s == conn.timeout.connect else aiohttp.ClientTimeout(
+        total=None, connect=idle_timeout_s, sock_connect=idle_timeout_s)
+    loop = asyncio.get_running_loop()
+    activity = conn.watch.start(idle_timeout_s)
+    cut = False
     try:
         async with conn.session().post(conn.chat_url, data=body, headers={**conn.headers, **headers},
                                        timeout=timeout) as response:
@@ -205,6 +252,7 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
             done = False
             # Read to the end of the body even after [DONE], so the connection goes back to the pool.
             while chunk := await content.readany():
+                activity[0] = loop.time()
                 if done:
                     continue
                 buf += chunk
@@ -220,10 +268,19 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
                     done = True
                 if payloads:
                     _feed(asm, payloads, request)
+    except asyncio.CancelledError:
+        cut = conn.watch.stop()
+        if not cut:
+            raise
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise openai.APITimeoutError(request=request) from exc
     except aiohttp.ClientError as exc:  # refused, dropped mid-body, incomplete chunked read, ...
         raise openai.APIConnectionError(message=f"stream cut: {type(exc).__name__}: {exc}", request=request) from exc
+    finally:
+        if not cut:
+            conn.watch.stop()
+    if cut:
+        raise openai.APITimeoutError(request=request)
     if not done and (last := _event_data(buf.strip(b"\n"))) not in (None, b"[DONE]"):
         _feed(asm, [last], request)  # no blank line after the last event
     try:
