@@ -142,7 +142,13 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
                 "usage_by_stage": manifest.get("usage_by_stage", {}), "ran": [started, time.time()]}
     marker.unlink(missing_ok=True)
     cfg = ConvertConfig.model_validate(spec.config)
-    manifest = asyncio.run(Converter(cfg, schedulers=shard_schedulers(spec, cfg)).run())
+    schedulers = shard_schedulers(spec, cfg)
+    try:
+        manifest = asyncio.run(Converter(cfg, schedulers=schedulers).run())
+    finally:  # a Ray broker's lease owner is this attempt: it ends here, whatever happened
+        for sched in schedulers.values():
+            if hasattr(sched, "close"):
+                sched.close()
     with atomic_open(marker) as fh:
         fh.write(fp + "\n")
     return {**asdict(spec), "status": "ran", "counts": manifest["counts"],
