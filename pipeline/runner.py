@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 from .llm import EndpointCheckFailed, ModelClient
@@ -132,6 +132,11 @@ class Converter:
     async def _stream(self, stages: Stages, results: ResultTable, pool: VerifierPool) -> None:
         assert self.cfg.max_in_flight is not None
         admission = asyncio.Semaphore(self.cfg.max_in_flight)
+        # Images are loaded only by samples that will soon talk to the VLM: the VLM's slots plus a
+        # quarter more, so a freed slot always finds a request ready. The in-flight window (twice
+        # both roles' capacity) would otherwise hold ~0.5 MB of base64 per sample waiting its turn.
+        vlm_slots = self.cfg.vlm.max_concurrency * max(1, len(self.cfg.vlm.endpoints))
+        self.image_budget = asyncio.Semaphore(vlm_slots + max(8, vlm_slots // 4))
         tasks: set[asyncio.Task] = set()
         counters = self.counters
 
@@ -180,11 +185,21 @@ class Converter:
     async def _process(self, sample: Sample, stages: Stages, pool: VerifierPool) -> Kept | Rejected:
         stage = "validate"
 
+        held = False
+
+        def release_images() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.image_budget.release()
+
         try:
             stage = "image"
+            await self.image_budget.acquire()
+            held = True
             images = await asyncio.to_thread(load_images, sample.images, self.roots, self.cfg.images, self.out)
             stage = "model"
-            outputs = await self._run_stages(sample, images, stages)
+            outputs = await self._run_stages(sample, images, stages, release_images)
             stage = "verify"
             chosen, k_correct, failure = await self._choose(sample, outputs, pool)
             if chosen is None:
@@ -210,6 +225,8 @@ class Converter:
         except Exception as exc:  # a bug or an unforeseen input must cost one row, not the run
             log.error("sample %s failed at %s:\n%s", sample.id, stage, traceback.format_exc())
             return Rejected.of(sample, stage, "internal_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            release_images()
 
     async def _choose(self, sample: Sample, outputs: StageOutputs, pool: VerifierPool
                       ) -> tuple[Choice | None, int, Rejected | None]:
@@ -268,11 +285,14 @@ class Converter:
             detail += f"; 0 of {len(verdicts)} traces correct"
         return None, k_correct, Rejected.of(sample, "verify", "wrong_answer" if v.pred else "no_answer", detail)
 
-    async def _run_stages(self, sample: Sample, images, stages: Stages) -> StageOutputs:
+    async def _run_stages(self, sample: Sample, images, stages: Stages,
+                          vlm_done: Callable[[], None] = lambda: None) -> StageOutputs:
         c = self.counters
         current: list[str] = []
 
         def enter(stage: str | None) -> None:
+            if stage == "reasoning":
+                vlm_done()  # the VLM is done with this sample's images (the stages dropped them)
             # Per-stage in-flight/done counts for the progress display.
             if current:
                 c.stage_active[current[0]] -= 1

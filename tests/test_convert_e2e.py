@@ -300,3 +300,37 @@ def test_yaml_config_with_flag_overrides(tmp_path, sims, demo_set):
     bad.write_text("vlm: {max_concurrency: 0}\n")
     proc = run_cli(["convert", "--config", str(bad)])
     assert proc.returncode == 2 and "max_concurrency" in proc.stderr
+
+
+def test_only_samples_near_the_vlm_hold_their_images(tmp_path, monkeypatch):
+    """The in-flight window is twice both roles' capacity (here 2 x (2 + 32) = 68 samples), but only
+    the VLM's slots plus a margin (2 + 8) may hold loaded images; the rest wait to load theirs."""
+    from pipeline import runner as runner_mod
+    from pipeline.simulator import SimConfig, SimServer
+    from pipeline.stages import Stages
+
+    input_path, root = make_demo_dataset(tmp_path / "input", n=40)
+    holding, peak = set(), [0]
+    real_load, real_reason = runner_mod.load_images, Stages._reason
+
+    def load(*a):
+        out = real_load(*a)
+        holding.add(a[0][0])  # the sample's image path names it
+        peak[0] = max(peak[0], len(holding))
+        return out
+
+    async def reason(self, sample, prompt):
+        holding.discard(sample.images[0])
+        return await real_reason(self, sample, prompt)
+
+    monkeypatch.setattr(runner_mod, "load_images", load)
+    monkeypatch.setattr(Stages, "_reason", reason)
+    with SimServer(SimConfig(role="vlm", models=[VLM_MODEL], slots=2, per_token_s=0.0005)) as vlm, \
+            SimServer(SimConfig(role="reasoner", models=[R1_MODEL], slots=32, per_token_s=0.002)) as r1:
+        cfg = ConvertConfig(source_format="llava-cot", input=input_path, image_root=root, out=tmp_path / "out",
+                            vlm={"url": vlm.url, "model": VLM_MODEL, "max_concurrency": 2},
+                            reasoner={"url": r1.url, "model": R1_MODEL, "max_concurrency": 32}, progress=False)
+        assert cfg.max_in_flight == 68
+        manifest = asyncio.run(Converter(cfg).run())
+    assert manifest["counts"]["read"] == 40 and manifest["counts"]["kept"] > 0
+    assert 2 <= peak[0] <= 10
