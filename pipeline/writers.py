@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from itertools import islice
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,6 +113,9 @@ def vision_r1_record(k: Kept) -> dict[str, Any]:
     return {"id": k.id, "image": image, "conversations": k.conversations}
 
 
+ROW_GROUP_ROWS = 500  # rows per Parquet row group (and per batch held in memory while writing)
+
+
 def write_parquet_shards(out: Path, rows: Iterable[Kept], total: int, shard_rows: int) -> list[str]:
     data_dir = out / DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -119,14 +123,19 @@ def write_parquet_shards(out: Path, rows: Iterable[Kept], total: int, shard_rows
     names = [f"train-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
     it = iter(rows)
     for name in names:
-        batch = []
-        for k in it:
-            batch.append(parquet_row(k))
-            if len(batch) == shard_rows:
-                break
-        table = pa.Table.from_pylist(batch, schema=PARQUET_SCHEMA)
-        with atomic_open(data_dir / name, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+        # Written a row group at a time: the rows of a whole shard as Python dicts and Arrow
+        # buffers at once were the peak of a run's memory.
+        with atomic_open(data_dir / name, "wb") as fh, \
+                pq.ParquetWriter(fh, PARQUET_SCHEMA, compression="zstd") as writer:
+            left = shard_rows
+            while left:
+                batch = [parquet_row(k) for k in islice(it, min(left, ROW_GROUP_ROWS))]
+                if not batch:
+                    break
+                left -= len(batch)
+                writer.write_table(pa.Table.from_pylist(batch, schema=PARQUET_SCHEMA))
+            if left == shard_rows:  # no rows: still a valid file with the schema
+                writer.write_table(pa.Table.from_pylist([], schema=PARQUET_SCHEMA))
     for stale in data_dir.glob("*.parquet"):  # shards of an earlier run with another shard count
         if stale.name not in names:
             stale.unlink()

@@ -1,0 +1,40 @@
+"""Parquet shards are written a row group at a time: every row, in order, in bounded batches."""
+
+import pyarrow.parquet as pq
+
+from pipeline import writers
+from pipeline.records import Kept
+
+
+def _kept(i: int) -> Kept:
+    return Kept(index=i, id=f"row-{i}", source="s", images=[f"{i}.png"], source_images=[f"{i}.png"],
+                image_sha256=["0" * 64], question=f"q{i}", answer="A", pred_answer="A", match="letter",
+                pseudo_cot="p", description="d", reasoning=f"r{i}", reasoning_original=f"r{i}", final_text="",
+                conversations=[{"from": "human", "value": "<image>q"}, {"from": "gpt", "value": "a"}],
+                usage={}, models={}, prompts={})
+
+
+def test_shards_hold_every_row_in_order_in_bounded_row_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(writers, "ROW_GROUP_ROWS", 3)
+    seen = []
+
+    def rows():
+        for i in range(17):
+            seen.append(i)
+            yield _kept(i)
+
+    names = writers.write_parquet_shards(tmp_path, rows(), total=17, shard_rows=7)
+    assert names == [f"data/train-{i:05d}-of-00003.parquet" for i in range(3)]
+    ids, groups = [], []
+    for name in names:
+        f = pq.ParquetFile(tmp_path / name)
+        groups += [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+        ids += f.read().column("id").to_pylist()
+    assert ids == [f"row-{i}" for i in range(17)]
+    assert groups == [3, 3, 1, 3, 3, 1, 3] and max(groups) <= 3
+
+
+def test_a_run_that_kept_nothing_writes_a_valid_empty_shard(tmp_path):
+    (name,) = writers.write_parquet_shards(tmp_path, iter(()), total=0, shard_rows=5)
+    table = pq.read_table(tmp_path / name)
+    assert table.num_rows == 0 and table.schema.equals(writers.PARQUET_SCHEMA)
