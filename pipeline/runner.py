@@ -117,6 +117,7 @@ class Converter:
                 await progress.stop()
                 if stages.annotator is not None:
                     stages.annotator.close()
+            pool.close()  # every answer is checked: its workers need not outlive the conversion into the writing
             manifest = self._finalize(results, stages)
             results.close(remove=True)  # scratch: the outputs now hold everything it had
             mark_finished(cfg)

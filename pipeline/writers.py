@@ -113,7 +113,7 @@ def vision_r1_record(k: Kept) -> dict[str, Any]:
     return {"id": k.id, "image": image, "conversations": k.conversations}
 
 
-ROW_GROUP_ROWS = 500  # rows per Parquet row group (and per batch held in memory while writing)
+ROW_GROUP_ROWS = 100  # rows per Parquet row group (and per batch held in memory while writing; ~2 MB)
 
 
 def write_parquet_shards(out: Path, rows: Iterable[Kept], total: int, shard_rows: int) -> list[str]:
