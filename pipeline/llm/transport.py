@@ -1,12 +1,13 @@
 """One streamed chat request, bounded by silence, not by total time.
 
 `stream=True` with `stream_options.include_usage`: a long R1 trace is never cut for being long,
-only for going silent for `idle_timeout_s` (the HTTP read timeout, which applies to each read
-of the body; it also bounds connecting and the wait for the first byte). The request goes out
-through the openai SDK's HTTP client (its aiohttp transport, pool and timeouts), and HTTP
-statuses become the SDK's typed errors; the body and the server-sent events are handled here,
-in bulk, because the SDK's per-chunk model objects cost ~65 us per token and its line iterator
-plus one `orjson.loads` per event still ~9 us (see `stream_chat`).
+only for going silent for `idle_timeout_s` (waiting for the headers or for the next bytes of the
+body; `IdleWatch`); connecting is bounded by the same figure. The request goes out over aiohttp
+(one session per replica and event loop), and HTTP statuses become the openai SDK's typed errors,
+as `chat.completions.create` would raise them; the body and its server-sent events are handled
+here, in bulk, because the SDK's per-chunk model objects cost ~65 us per token and its line iterator
+plus one `orjson.loads` per event still ~9 us (see `stream_chat`). The SDK client itself serves the
+endpoint check (`/v1/models`).
 
 Everything that means "the response was cut" is raised as an openai error that `is_retryable`
 accepts: idle -> APITimeoutError, dropped connection or a stream that ends unfinished ->
