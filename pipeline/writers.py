@@ -134,8 +134,8 @@ def write_parquet_shards(out: Path, rows: Iterable[Kept], total: int, shard_rows
                     break
                 left -= len(batch)
                 writer.write_table(pa.Table.from_pylist(batch, schema=PARQUET_SCHEMA))
-            if left == shard_rows:  # no rows: still a valid file with the schema
-                writer.write_table(pa.Table.from_pylist([], schema=PARQUET_SCHEMA))
+            # No rows: the file still holds the schema, and no row group (`datasets` takes the first row
+            # group's size as its batch size and refuses an empty one).
     for stale in data_dir.glob("*.parquet"):  # shards of an earlier run with another shard count
         if stale.name not in names:
             stale.unlink()
