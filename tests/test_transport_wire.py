@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from pipeline.config import EndpointConfig
-from pipeline.llm.transport import StreamError, connect, is_retryable, retry_after_seconds, stream_chat
+from pipeline.llm.transport import Connection, StreamError, is_retryable, retry_after_seconds, stream_chat
 
 
 def _event(obj) -> bytes:
@@ -81,10 +81,10 @@ class WireServer:
 
 
 async def _send(server: WireServer, idle: float = 5):
-    conn = connect(server.url, EndpointConfig(url=server.url, model="m", idle_timeout_s=idle))
+    conn = Connection(server.url, EndpointConfig(url=server.url, model="m", idle_timeout_s=idle))
     try:
         return await stream_chat(conn, model="m", messages=[{"role": "user", "content": "hi"}], params={},
-                                 headers={}, idle_timeout_s=idle)
+                                 headers={})
     finally:
         await conn.close()
 
@@ -175,10 +175,10 @@ def test_http_statuses_become_the_sdk_errors_with_headers_and_body(status, cls):
 def test_the_request_body_is_the_openai_chat_request():
     async def main():
         async with WireServer(_body()) as server:
-            conn = connect(server.url, EndpointConfig(url=server.url, model="m", idle_timeout_s=5))
+            conn = Connection(server.url, EndpointConfig(url=server.url, model="m", idle_timeout_s=5))
             try:
                 await stream_chat(conn, model="m", messages=[{"role": "user", "content": "hi"}],
-                                  params={"temperature": 0.5, "max_tokens": 9}, headers={"X-K": "v"}, idle_timeout_s=5)
+                                  params={"temperature": 0.5, "max_tokens": 9}, headers={"X-K": "v"})
             finally:
                 await conn.close()
             return server

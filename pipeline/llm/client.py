@@ -24,7 +24,7 @@ from ..records import ChatResult, Usage
 from .cache import ResponseStore, canonical_messages, request_key
 from .completion import parse_completion
 from .scheduling import ReplicaScheduler, Scheduler
-from .transport import Connection, StreamError, connect, is_retryable, retry_after_seconds, stream_chat
+from .transport import Connection, StreamError, is_retryable, retry_after_seconds, stream_chat
 
 log = logging.getLogger("coldstart.client")
 
@@ -71,7 +71,7 @@ class ModelClient:
         self.role = role
         self.model = cfg.model
         self.store = store  # set before the first chat(); check() needs none
-        self.replicas = [Replica(url, connect(url, cfg)) for url in cfg.endpoints]
+        self.replicas = [Replica(url, Connection(url, cfg)) for url in cfg.endpoints]
         self.scheduler: Scheduler = scheduler or ReplicaScheduler(
             cfg.endpoints, cfg.max_concurrency, cfg.failures_before_cooldown, cfg.cooldown_s, role)
         self.stats = EndpointStats()
@@ -176,7 +176,7 @@ class ModelClient:
                     outcome = "other"
                     try:
                         raw = await stream_chat(replica.conn, model=self.model, messages=messages, params=params,
-                                                headers=headers, idle_timeout_s=self.cfg.idle_timeout_s)
+                                                headers=headers)
                         outcome = "ok"
                     except BaseException as exc:
                         if is_retryable(exc):

@@ -74,7 +74,7 @@ class StreamAssembler:
         self._finish: dict[int, str | None] = {}
 
     def feed(self, chunk: dict[str, Any]) -> None:
-        # Hot path (one call per generated token): plain dict access, no model objects.
+        # Plain dict access, no model objects (`feed_many` is the per-read path).
         if not self.id:
             self.id = chunk.get("id") or ""
             self.model = chunk.get("model") or ""

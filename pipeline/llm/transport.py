@@ -74,23 +74,24 @@ def retry_after_seconds(exc: BaseException) -> float | None:
 
 
 class IdleWatch:
-    """Cuts the streams of one event loop that have been silent longer than their idle timeout.
+    """Cuts the streams of one connection that have been silent longer than its idle timeout.
 
     One timer for all streams, waking every quarter timeout (at most 1 s): aiohttp's `sock_read`
     timeout re-arms a timer on every read (~6% of the client's CPU at one read per event). A stream
     notes the time of each read in its entry; a cut stream's task is cancelled, and `stream_chat`
     turns that cancellation into APITimeoutError. A cut lands between idle and idle + period."""
 
-    def __init__(self) -> None:
-        self.entries: dict[asyncio.Task[Any], list[float]] = {}  # task -> [last activity, idle timeout]
+    def __init__(self, idle_timeout_s: float) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self.entries: dict[asyncio.Task[Any], list[float]] = {}  # task -> [time of its last activity]
         self.cut: set[asyncio.Task[Any]] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, idle_timeout_s: float) -> list[float]:
+    def start(self) -> list[float]:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        entry = self.entries[task] = [loop.time(), idle_timeout_s]
+        entry = self.entries[task] = [loop.time()]
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name="idle-watch")
         return entry
@@ -107,10 +108,11 @@ class IdleWatch:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        idle = self.idle_timeout_s
         while self.entries:
-            await asyncio.sleep(min(1.0, min(idle for _, idle in self.entries.values()) / 4))
+            await asyncio.sleep(min(1.0, idle / 4))
             now = loop.time()
-            for task, (last, idle) in list(self.entries.items()):
+            for task, (last,) in list(self.entries.items()):
                 if now - last > idle and task not in self.cut and not task.done():
                     self.cut.add(task)
                     task.cancel("idle timeout")
@@ -136,7 +138,7 @@ class Connection:
         # Connecting is bounded here; silence (waiting for the headers or for the next bytes of the
         # body) by the IdleWatch, never the total time.
         self.timeout = aiohttp.ClientTimeout(total=None, connect=cfg.idle_timeout_s, sock_connect=cfg.idle_timeout_s)
-        self.watch = IdleWatch()
+        self.watch = IdleWatch(cfg.idle_timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -152,10 +154,6 @@ class Connection:
             await self._session.close()
             self._session = None
         await self.api.close()
-
-
-def connect(url: str, cfg: EndpointConfig) -> Connection:
-    return Connection(url, cfg)
 
 
 # The SDK's own classes for each status, so callers see the same errors as from `chat.completions`.
@@ -225,7 +223,7 @@ def _event_data(block: bytes) -> bytes | None:
 
 
 async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, Any]],
-                      params: dict[str, Any], headers: dict[str, str], idle_timeout_s: float) -> dict[str, Any]:
+                      params: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
     """Send one streamed request; return the completion dict once every choice has finished.
 
     Not through `chat.completions.create`: the SDK's recursive parameter transform and `json.dumps`
@@ -238,14 +236,11 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
                          "stream_options": {"include_usage": True}, **params})
     request = _http.Request("POST", conn.chat_url)  # named by the errors below, as the SDK's are
     asm = StreamAssembler()
-    timeout = conn.timeout if idle_timeout_s == conn.timeout.connect else aiohttp.ClientTimeout(
-        total=None, connect=idle_timeout_s, sock_connect=idle_timeout_s)
     loop = asyncio.get_running_loop()
-    activity = conn.watch.start(idle_timeout_s)
+    activity = conn.watch.start()
     cut = False
     try:
-        async with conn.session().post(conn.chat_url, data=body, headers={**conn.headers, **headers},
-                                       timeout=timeout) as response:
+        async with conn.session().post(conn.chat_url, data=body, headers={**conn.headers, **headers}) as response:
             if not 200 <= response.status < 300:
                 raise _status_error(response.status, response.headers, await response.read(), request)
             content = response.content
