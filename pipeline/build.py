@@ -147,8 +147,7 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
         manifest = asyncio.run(Converter(cfg, schedulers=schedulers).run())
     finally:  # a Ray broker's lease owner is this attempt: it ends here, whatever happened
         for sched in schedulers.values():
-            if hasattr(sched, "close"):
-                sched.close()
+            sched.close()
     with atomic_open(marker) as fh:
         fh.write(fp + "\n")
     return {**asdict(spec), "status": "ran", "counts": manifest["counts"],

@@ -126,8 +126,7 @@ def _actor_class() -> Any:
 
 
 class RayScheduler:
-    """Client side of the broker; same interface as ReplicaScheduler (pipeline.llm.scheduling.Scheduler),
-    plus `close`."""
+    """Client side of the broker; same interface as ReplicaScheduler (pipeline.llm.scheduling.Scheduler)."""
 
     def __init__(self, actor: Any, owner: str, hold: Any = None):
         self.actor = actor

@@ -68,6 +68,8 @@ class Scheduler(Protocol):
 
     def cooldowns(self) -> list[int]: ...
 
+    def close(self) -> object: ...  # a shard is done with it (its leases, where they are counted, come back)
+
 
 @dataclass
 class ReplicaHealth:
@@ -194,6 +196,9 @@ class ReplicaScheduler:
 
     def cooldowns(self) -> list[int]:
         return [r.cooldowns for r in self.replicas]
+
+    def close(self) -> None:
+        """Nothing to return: in one process a request's slot comes back when it ends."""
 
 
 _shared: dict[tuple, ReplicaScheduler] = {}
