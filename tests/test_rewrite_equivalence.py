@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import random
 import re
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConvertConfig
 from pipeline.linescan import FOLDS_TO_ASCII, shape
 from pipeline.prompts import PromptLibrary
-from pipeline.question import QuestionRenderer
-from pipeline.records import Sample
 from pipeline.rewrite import ModalityRewriter
 from pipeline.simulator import content
-from pipeline.sources import iter_items
 
 from . import _rewrite_reference as reference
+from .realshape_questions import fixture_questions
 
 TESTS = Path(__file__).parent
 FIX = TESTS / "fixtures"
@@ -160,28 +156,15 @@ def _fixture_strings() -> list[str]:
     return out + [p.read_text(encoding="utf-8") for p in sorted((FIX / "rewrite").glob("*.txt"))]
 
 
-def _fixture_questions() -> list[tuple[str, list[str]]]:
-    renderer = QuestionRenderer(PromptLibrary())
-    out = []
-    for fmt, rel in (("mulberry", "realshape/mulberry_sft.json"), ("llava-cot", "realshape/llava_cot_train.jsonl"),
-                     ("llava-cot", "published/llava_cot_readme.jsonl")):
-        cfg = ConvertConfig(source_format=fmt, input=FIX / rel, image_root=FIX, out=FIX / "unused")
-        out += [(renderer.prompt(s), [o.text for o in s.options]) for s in iter_items(cfg, write_images=False)
-                if isinstance(s, Sample)]
-    return out
-
-
 def _simulated(n: int, questions: list[tuple[str, list[str]]], seed: int) -> list[tuple[str, str, list[str]]]:
     prompts = PromptLibrary()
     rng = random.Random(seed)
     out = []
     for i in range(n):
         question, options = questions[i % len(questions)]
-        pseudo = content.pseudo_cot(prompts.get("pseudo_cot.v1").render(question=question, answer="B"), 40, rng)
-        desc = content.description(prompts.get("description.v1").render(question=question, pseudo_cot=pseudo), 60, rng)
-        prompt = prompts.get("reasoning_blind.v1").render(description=desc, question=question)
-        words = int(min(2500, max(30, rng.lognormvariate(math.log(400), 0.8))))
-        think, _ = content.reasoning(prompt, words, content.rng_for("equiv", str(seed), str(i)), 0.2, f"equiv-{i}:0")
+        think = content.question_trace(prompts, question, rng, content.rng_for("equiv", str(seed), str(i)),
+                                       f"equiv-{i}:0", pseudo_words=40, description_words=60, median_words=400,
+                                       sigma=0.8, min_words=30, max_words=2500)
         out.append((think, question, options))
     return out
 
@@ -204,7 +187,7 @@ def _spliced(traces: list[str], pool: list[str], rng: random.Random) -> list[str
 def corpus():
     literals = _literals(TESTS / "test_rewrite.py") + _literals(TESTS / "test_quality_e2e.py")
     fixtures = _fixture_strings()
-    questions = _fixture_questions()
+    questions = fixture_questions()
     simulated = _simulated(300, questions, seed=1)
     rng = random.Random(2)
     spliced = _spliced([t for t, _, _ in _simulated(200, questions, seed=3)], literals + fixtures + ADVERSARIAL, rng)

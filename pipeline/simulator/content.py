@@ -11,6 +11,7 @@ The simulated VLM can write Qwen special tokens into its output (``special_token
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 
@@ -207,3 +208,18 @@ def reasoning(prompt: str, n_words: int, rng: random.Random, wrong_rate: float, 
     distractor = _distractor(said, options, form_rng)
     think = think_text(n_words, rng, rendering.claim, distractor)
     return think, f"{form_rng.choice(_SUMMARIES)}\n\n{rendering.final}"
+
+
+def question_trace(prompts, question: str, rng: random.Random, reasoning_rng: random.Random, key: str, *,
+                   pseudo_words: int, description_words: int, median_words: float, sigma: float,
+                   min_words: int, max_words: int) -> str:
+    """The simulated reasoner's thinking for `question` after the three stages (pseudo-CoT ->
+    description -> blind reasoning prompt, rendered from `prompts`, a PromptLibrary), without
+    servers: traces for the rewrite's tests and benchmark. Lengths are lognormal, clipped."""
+    pseudo = pseudo_cot(prompts.get("pseudo_cot.v1").render(question=question, answer="B"), pseudo_words, rng)
+    desc = description(prompts.get("description.v1").render(question=question, pseudo_cot=pseudo),
+                       description_words, rng)
+    prompt = prompts.get("reasoning_blind.v1").render(description=desc, question=question)
+    words = int(min(max_words, max(min_words, rng.lognormvariate(math.log(median_words), sigma))))
+    think, _ = reasoning(prompt, words, reasoning_rng, 0.2, key)
+    return think
