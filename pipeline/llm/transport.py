@@ -132,6 +132,7 @@ class Connection:
             timeout=timeout,
         )
         self.chat_url = str(self.api.base_url).rstrip("/") + "/chat/completions"
+        self.request = _http.Request("POST", self.chat_url)  # what the errors name, as the SDK's do
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
                         "Accept": "text/event-stream"}
         self.pool = cfg.max_concurrency + 8  # +8: connections still closing
@@ -234,7 +235,7 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
     become the SDK's typed errors, as `chat.completions.create` would raise them."""
     body = orjson.dumps({"model": model, "messages": messages, "stream": True,
                          "stream_options": {"include_usage": True}, **params})
-    request = _http.Request("POST", conn.chat_url)  # named by the errors below, as the SDK's are
+    request = conn.request
     asm = StreamAssembler()
     loop = asyncio.get_running_loop()
     activity = conn.watch.start()
