@@ -157,7 +157,8 @@ def per_sample_times(stats: dict[str, list[dict]], prompts: dict[str, list[dict]
 
 # ---- measuring one client ---------------------------------------------------------------------
 
-def tree_rss(proc: psutil.Process) -> int:
+def tree_rss(proc: psutil.Process, cpu: dict[int, float] | None = None) -> int:
+    """RSS of the process tree; also notes each process's CPU seconds so far into `cpu` (pid -> s)."""
     total = 0
     try:
         procs = [proc, *proc.children(recursive=True)]
@@ -166,9 +167,28 @@ def tree_rss(proc: psutil.Process) -> int:
     for p in procs:
         try:
             total += p.memory_info().rss
+            if cpu is not None:
+                t = p.cpu_times()
+                cpu[p.pid] = t.user + t.system
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of the process's main thread and of its other threads so far (Linux /proc)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        # Python does not name its OS threads: the main thread (the event loop) and the rest.
+        name = "main" if task.name == str(pid) else "other"
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def dir_bytes(path: Path) -> int:
@@ -183,9 +203,10 @@ def measure(cmd: list[str], env: dict, log: Path, busy: bool) -> dict:
     t0 = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        ps, peak = psutil.Process(proc.pid), 0
+        ps, peak, seen, threads = psutil.Process(proc.pid), 0, {}, {}
         while proc.poll() is None:
-            peak = max(peak, tree_rss(ps))
+            peak = max(peak, tree_rss(ps, seen))
+            threads = thread_cpu(proc.pid) or threads
             time.sleep(0.25)
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the client's tree, all waited for; not the spinner
@@ -193,7 +214,9 @@ def measure(cmd: list[str], env: dict, log: Path, busy: bool) -> dict:
         spinner.kill()
         spinner.wait()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak}
+    # The main process's share, as last seen (up to 0.25 s before it ended): the rest went to its workers.
+    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak,
+            "main_cpu_s": seen.get(proc.pid, float("nan")), "thread_cpu_s": threads}
 
 
 def ensure_curator(venv: Path) -> tuple[Path, Path]:
@@ -225,8 +248,11 @@ def client_command(name: str, args, work: Path, input_path: Path, image_root: Pa
                "reasoner": {"urls": r1_urls, "model": R1_MODEL, "max_concurrency": args.slots}}
         (out / "config.yaml").write_text(yaml.safe_dump(cfg))
         prof = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
-        return ([sys.executable, *prof, "-m", "pipeline.cli", "convert", "--config", str(out / "config.yaml")], env,
-                out / "convert" / ".state")
+        # py-spy samples what is on a CPU in every thread and subprocess (cProfile: the main thread only).
+        spy = ([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "250",
+                "--threads", "--subprocesses", "--output", str(args.py_spy), "--"] if args.py_spy else [])
+        return ([*spy, sys.executable, *prof, "-m", "pipeline.cli", "convert", "--config", str(out / "config.yaml")],
+                env, out / "convert" / ".state")
     common = ["--input", str(input_path), "--image-root", str(image_root), "--out", str(out / "results.jsonl"),
               "--vlm-model", VLM_MODEL, "--reasoner-model", R1_MODEL, "--slots", str(args.slots)]
     for u in vlm_urls:
@@ -278,6 +304,8 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
         "wall_s": round(m["wall_s"], 2), "ideal_streaming_floor_s": round(floor, 2),
         "ratio": round(m["wall_s"] / floor, 3) if times else None,
         "client_cpu_ms_per_sample": round(1000 * m["cpu_s"] / n, 1),
+        "client_main_process_cpu_ms_per_sample": round(1000 * m["main_cpu_s"] / n, 1),
+        "client_main_process_thread_cpu_s": {k: round(v, 2) for k, v in m["thread_cpu_s"].items()},
         # CPU seconds of each simulator process during the run (the servers' own cost, not the client's).
         "server_cpu_s": server_cpu,
         "server_cpu_share_of_machine": round(sum(sum(v) for v in server_cpu.values())
@@ -334,6 +362,8 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.6)
     ap.add_argument("--base-port", type=int, default=18600)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench")
+    ap.add_argument("--py-spy", type=Path, default=None,
+                    help="sample the coldstart client with py-spy (on-CPU stacks, all threads) into this raw file")
     ap.add_argument("--profile", type=Path, default=None,
                     help="write a cProfile of the coldstart client's main process here (its figures then include the profiler)")
     ap.add_argument("--curator-venv", type=Path, default=ROOT / "outputs" / "bench" / "curator-venv")

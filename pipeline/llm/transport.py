@@ -2,10 +2,10 @@
 
 `stream=True` with `stream_options.include_usage`: a long R1 trace is never cut for being long,
 only for going silent for `idle_timeout_s` (waiting for the headers or for the next bytes of the
-body; `IdleWatch`); connecting is bounded by the same figure. The request goes out over aiohttp
-(one session per replica and event loop), and HTTP statuses become the openai SDK's typed errors,
-as `chat.completions.create` would raise them; the body and its server-sent events are handled
-here, in bulk, because the SDK's per-chunk model objects cost ~65 us per token and its line iterator
+body); connecting is bounded by the same figure. The request goes out over `http1` (keep-alive
+connections per replica and event loop, the body handed over in the read callback), and HTTP
+statuses become the openai SDK's typed errors, as `chat.completions.create` would raise them; the
+server-sent events are parsed here, a read's worth at a time, because the SDK's per-chunk model objects cost ~65 us per token and its line iterator
 plus one `orjson.loads` per event still ~9 us (see `stream_chat`). The SDK client itself serves the
 endpoint check (`/v1/models`).
 
@@ -21,14 +21,16 @@ import email.utils
 import importlib
 import os
 import time
+import weakref
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import openai
 import orjson
 
 from ..config import EndpointConfig
 from .completion import IncompleteStream, StreamAssembler
+from .http1 import ConnectionCut, IdleTimeout, Pool
 
 # The HTTP library the installed openai SDK is built on (httpx for 1.x, httpx2 for newer ones),
 # taken from the SDK's own client class rather than imported by a name the SDK may not use.
@@ -73,54 +75,9 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-class IdleWatch:
-    """Cuts the streams of one connection that have been silent longer than its idle timeout.
-
-    One timer for all streams, waking every quarter timeout (at most 1 s): aiohttp's `sock_read`
-    timeout re-arms a timer on every read (~6% of the client's CPU at one read per event). A stream
-    notes the time of each read in its entry; a cut stream's task is cancelled, and `stream_chat`
-    turns that cancellation into APITimeoutError. A cut lands between idle and idle + period."""
-
-    def __init__(self, idle_timeout_s: float) -> None:
-        self.idle_timeout_s = idle_timeout_s
-        self.entries: dict[asyncio.Task[Any], list[float]] = {}  # task -> [time of its last activity]
-        self.cut: set[asyncio.Task[Any]] = set()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> list[float]:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        entry = self.entries[task] = [loop.time()]
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name="idle-watch")
-        return entry
-
-    def stop(self) -> bool:
-        """Forget the current task's stream; True when it was cut (its cancellation is then withdrawn)."""
-        task = asyncio.current_task()
-        self.entries.pop(task, None)  # type: ignore[arg-type]
-        if task in self.cut:
-            self.cut.discard(task)  # type: ignore[arg-type]
-            task.uncancel()  # type: ignore[union-attr]
-            return True
-        return False
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        idle = self.idle_timeout_s
-        while self.entries:
-            await asyncio.sleep(min(1.0, idle / 4))
-            now = loop.time()
-            for task, (last,) in list(self.entries.items()):
-                if now - last > idle and task not in self.cut and not task.done():
-                    self.cut.add(task)
-                    task.cancel("idle timeout")
-
-
 class Connection:
-    """One replica: the SDK client (endpoint checks, error types) and an aiohttp session for the
-    streamed chat requests (see `stream_chat` for why they do not go through the SDK)."""
+    """One replica: the SDK client (endpoint checks, error types) and, per event loop, a pool of
+    keep-alive connections for the streamed chat requests (`http1.Pool`; see `stream_chat`)."""
 
     def __init__(self, url: str, cfg: EndpointConfig):
         timeout = openai.Timeout(cfg.idle_timeout_s)  # connect, read (= longest silence), write, pool
@@ -132,28 +89,26 @@ class Connection:
             timeout=timeout,
         )
         self.chat_url = str(self.api.base_url).rstrip("/") + "/chat/completions"
+        self.path = urlsplit(self.chat_url).path
         self.request = _http.Request("POST", self.chat_url)  # what the errors name, as the SDK's do
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-                        "Accept": "text/event-stream"}
-        self.pool = cfg.max_concurrency + 8  # +8: connections still closing
-        # Connecting is bounded here; silence (waiting for the headers or for the next bytes of the
-        # body) by the IdleWatch, never the total time.
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=cfg.idle_timeout_s, sock_connect=cfg.idle_timeout_s)
-        self.watch = IdleWatch(cfg.idle_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+                        "Accept": "text/event-stream", "User-Agent": "coldstart"}
+        self.idle_timeout_s = cfg.idle_timeout_s
+        self.max_idle = cfg.max_concurrency + 8
+        # One pool per event loop (a shard thread runs its own loop); dropped with its loop.
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool] = weakref.WeakKeyDictionary()
 
-    def session(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the event loop that uses it (a shard thread has its own).
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.pool, limit_per_host=self.pool),
-                timeout=self.timeout, auto_decompress=True)
-        return self._session
+    def pool(self) -> Pool:
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._pools[loop] = Pool(self.chat_url, self.idle_timeout_s, self.max_idle)
+        return pool
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        loop = asyncio.get_running_loop()
+        if (pool := self._pools.pop(loop, None)) is not None:
+            pool.close()
         await self.api.close()
 
 
@@ -165,8 +120,9 @@ _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
 }
 
 
-def _status_error(status: int, headers: Any, content: bytes, request: Any) -> openai.APIStatusError:
-    response = _http.Response(status, headers=list(headers.items()), content=content, request=request)
+def _status_error(status: int, headers: list[tuple[str, str]], content: bytes, request: Any
+                  ) -> openai.APIStatusError:
+    response = _http.Response(status, headers=headers, content=content, request=request)
     try:
         body: Any = orjson.loads(content)
     except ValueError:
@@ -230,60 +186,62 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
     Not through `chat.completions.create`: the SDK's recursive parameter transform and `json.dumps`
     of a body holding a base64 image cost ~4 ms per request (`orjson.dumps` ~0.1 ms), and each read
     of a stream went through four async iterator layers (SDK, httpx, its aiohttp adapter, aiohttp)
-    before reaching the bytes. Here aiohttp's reads come straight in; each read's complete events
-    are parsed together, so the cost per event is a slice and a few dict reads. Statuses and cuts
-    become the SDK's typed errors, as `chat.completions.create` would raise them."""
+    before reaching the bytes. Here each read's body is parsed where it arrives (`http1`), its
+    complete events together, so the cost per event is a slice and a few dict reads. Statuses and
+    cuts become the SDK's typed errors, as `chat.completions.create` would raise them."""
     body = orjson.dumps({"model": model, "messages": messages, "stream": True,
                          "stream_options": {"include_usage": True}, **params})
     request = conn.request
-    asm = StreamAssembler()
-    loop = asyncio.get_running_loop()
-    activity = conn.watch.start()
-    cut = False
+    pool = conn.pool()
+    reader = EventReader(request)
     try:
-        async with conn.session().post(conn.chat_url, data=body, headers={**conn.headers, **headers}) as response:
-            if not 200 <= response.status < 300:
-                raise _status_error(response.status, response.headers, await response.read(), request)
-            content = response.content
-            buf = b""
-            done = False
-            # Read to the end of the body even after [DONE], so the connection goes back to the pool.
-            while chunk := await content.readany():
-                activity[0] = loop.time()
-                if done:
-                    continue
-                buf += chunk
-                if b"\r" in buf:  # SSE allows CRLF and CR line ends; keep a trailing CR (half a CRLF)
-                    tail = b"\r" if buf.endswith(b"\r") else b""
-                    buf = (buf[:-1] if tail else buf).replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
-                if b"\n\n" not in buf:
-                    continue
-                *blocks, buf = buf.split(b"\n\n")
-                payloads = [d for b in blocks if (d := _event_data(b)) is not None]
-                if b"[DONE]" in payloads:
-                    payloads = payloads[:payloads.index(b"[DONE]")]
-                    done = True
-                if payloads:
-                    _feed(asm, payloads, request)
-    except asyncio.CancelledError:
-        cut = conn.watch.stop()
-        if not cut:
-            raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        ex = await pool.post(pool.head(conn.path, {**conn.headers, **headers} if headers else conn.headers, len(body)),
+                             body, reader.feed)
+    except IdleTimeout as exc:
         raise openai.APITimeoutError(request=request) from exc
-    except aiohttp.ClientError as exc:  # refused, dropped mid-body, incomplete chunked read, ...
-        raise openai.APIConnectionError(message=f"stream cut: {type(exc).__name__}: {exc}", request=request) from exc
-    finally:
-        if not cut:
-            conn.watch.stop()
-    if cut:
-        raise openai.APITimeoutError(request=request)
-    if not done and (last := _event_data(buf.strip(b"\n"))) not in (None, b"[DONE]"):
-        _feed(asm, [last], request)  # no blank line after the last event
-    try:
-        return asm.result()
-    except IncompleteStream as exc:
-        raise openai.APIConnectionError(message=f"stream cut: {exc}", request=request) from exc
+    except ConnectionCut as exc:  # refused, dropped mid-body, not HTTP
+        raise openai.APIConnectionError(message=str(exc), request=request) from exc
+    if not 200 <= ex.status < 300:
+        raise _status_error(ex.status, ex.headers, b"".join(ex.body), request)
+    return reader.result()
+
+
+class EventReader:
+    """Server-sent events of one response, fed a read at a time, folded into a completion."""
+
+    __slots__ = ("request", "asm", "buf", "done")
+
+    def __init__(self, request: Any):
+        self.request = request
+        self.asm = StreamAssembler()
+        self.buf = b""
+        self.done = False  # [DONE] seen: what follows is ignored (the body is still read to its end)
+
+    def feed(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        buf = self.buf + chunk
+        if b"\r" in buf:  # SSE allows CRLF and CR line ends; keep a trailing CR (half a CRLF)
+            tail = b"\r" if buf.endswith(b"\r") else b""
+            buf = (buf[:-1] if tail else buf).replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        if b"\n\n" not in buf:
+            self.buf = buf
+            return
+        *blocks, self.buf = buf.split(b"\n\n")
+        payloads = [d for b in blocks if (d := _event_data(b)) is not None]
+        if b"[DONE]" in payloads:
+            payloads = payloads[:payloads.index(b"[DONE]")]
+            self.done = True
+        if payloads:
+            _feed(self.asm, payloads, self.request)
+
+    def result(self) -> dict[str, Any]:
+        if not self.done and (last := _event_data(self.buf.strip(b"\n"))) not in (None, b"[DONE]"):
+            _feed(self.asm, [last], self.request)  # no blank line after the last event
+        try:
+            return self.asm.result()
+        except IncompleteStream as exc:
+            raise openai.APIConnectionError(message=f"stream cut: {exc}", request=self.request) from exc
 
 
 def _feed(asm: StreamAssembler, payloads: list[bytes], request: Any) -> None:

@@ -1,0 +1,288 @@
+"""HTTP/1.1 requests whose response body is handed over inside the socket's read callback.
+
+Why not aiohttp (or httpx): with a streamed response each network read woke the request's task,
+which resumed through the caller's whole coroutine stack (runner -> stage -> client -> transport,
+nine frames) to take ~1 event from the body; ~40 us of Python per read, most of the client's CPU
+at one read per event. Here `data_received` parses the bytes (httptools: llhttp, the parser
+uvicorn uses, status line, headers and chunked framing in C) and passes each read's body to the
+caller's `on_body` right there; the task sleeps until the response has ended.
+
+What it does: plain HTTP or TLS (asyncio's SSL transport), keep-alive connections pooled per
+endpoint (LIFO, dropped when the server closes them), a request on a pooled connection that the
+server had already closed is sent once more on a fresh one (nothing of it was processed), the
+longest silence bounded per exchange by one watch timer per pool (`idle_timeout_s`). What it
+does not: proxies, redirects, compression (no Accept-Encoding is sent), pipelining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import httptools
+
+
+class ConnectionCut(Exception):
+    """Refused, dropped, or answered with bytes that are not HTTP: the exchange is lost."""
+
+
+class IdleTimeout(Exception):
+    """Nothing arrived for `idle_timeout_s` (while connecting, waiting for the headers or the body)."""
+
+
+class _StaleConnection(ConnectionCut):
+    """A pooled connection closed before any byte of the response came back."""
+
+
+class Exchange:
+    """One request and the head of its response; the 2xx body goes to `on_body`, any other body is
+    collected in `body` (an error message)."""
+
+    __slots__ = ("on_body", "future", "status", "headers", "body", "last", "responded", "framed", "conn")
+
+    def __init__(self, on_body: Callable[[bytes], None], future: asyncio.Future[Exchange], now: float):
+        self.on_body = on_body
+        self.future = future
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.last = now  # loop time of the last bytes received (or of the start)
+        self.responded = False  # any byte of the response arrived
+        self.framed = False  # the body has a length or chunked framing (else it ends with the connection)
+        self.conn: _Connection | None = None
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive TCP (or TLS) connection carrying one exchange at a time."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.pieces: list[bytes] = []  # 2xx body bytes of the read being parsed
+        self.open = True
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:  # bytes nobody asked for: the connection's state is unknown
+            self.close()
+            return
+        ex.last = self.pool.loop.time()
+        ex.responded = True
+        try:
+            self.parser.feed_data(data)
+            if self.pieces:
+                # One call per read, however many chunks it held: the caller parses its events together.
+                body = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
+                self.pieces.clear()
+                ex.on_body(body)
+        except httptools.HttpParserCallbackError as exc:
+            self.fail(exc.__context__ or exc)
+        except httptools.HttpParserError as exc:
+            self.fail(ConnectionCut(f"bad HTTP response: {exc}"))
+        except Exception as exc:  # on_body refused the stream (an error event, a garbled one)
+            self.fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self.pool.forget(self)
+        ex = self.exchange
+        if ex is None:
+            return
+        if ex.status and not ex.framed:
+            # A body without length or chunked framing ends with the connection (HTTP/1.0 style);
+            # the caller judges whether what came is whole (a stream's last event says so).
+            self.exchange = None
+            self._finish(ex)
+            return
+        why = f"{type(exc).__name__}: {exc}" if exc else "server closed the connection"
+        err = ConnectionCut(f"stream cut: {why}") if ex.responded else _StaleConnection(f"stream cut: {why}")
+        self.fail(err)
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.exchange
+        assert ex is not None
+        key = name.decode("latin-1")
+        ex.headers.append((key, value.decode("latin-1")))
+        low = key.lower()
+        if low == "content-length" or (low == "transfer-encoding" and b"chunked" in value.lower()):
+            ex.framed = True
+
+    def on_headers_complete(self) -> None:
+        assert self.exchange is not None
+        self.exchange.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        assert ex is not None
+        (self.pieces if 200 <= ex.status < 300 else ex.body).append(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        assert ex is not None
+        if self.pieces:
+            body = b"".join(self.pieces)
+            self.pieces.clear()
+            ex.on_body(body)  # may raise: data_received fails the exchange
+        self.exchange = None
+        keep = self.parser.should_keep_alive()
+        self._finish(ex)
+        if keep and self.open:
+            self.parser = httptools.HttpResponseParser(self)
+            self.pool.give_back(self)
+        else:
+            self.close()
+
+    # -- own ---------------------------------------------------------------------------------------
+    def start(self, ex: Exchange, head: bytes, body: bytes) -> None:
+        ex.conn = self
+        self.exchange = ex
+        assert self.transport is not None
+        if len(body) < 65536:
+            self.transport.write(head + body)  # one send
+        else:  # no copy of a large body (an image)
+            self.transport.write(head)
+            self.transport.write(body)
+
+    def _finish(self, ex: Exchange) -> None:
+        self.pool.active.discard(ex)
+        if not ex.future.done():
+            ex.future.set_result(ex)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the current exchange with `exc`; the connection is not reusable."""
+        ex, self.exchange = self.exchange, None
+        self.abort()
+        if ex is not None:
+            self.pool.active.discard(ex)
+            if not ex.future.done():
+                ex.future.set_exception(exc)
+
+    def close(self) -> None:
+        self.open = False
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.open = False
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Pool:
+    """Keep-alive connections to one endpoint, for one event loop."""
+
+    def __init__(self, url: str, idle_timeout_s: float, max_idle: int = 256):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        default = (parts.scheme, self.port) in (("http", 80), ("https", 443))
+        self.authority = (f"[{self.host}]" if ":" in self.host else self.host) + ("" if default else f":{self.port}")
+        self.idle_timeout_s = idle_timeout_s
+        self.max_idle = max_idle
+        self.loop = asyncio.get_running_loop()
+        self.idle: list[_Connection] = []
+        self.active: set[Exchange] = set()
+        self._watch: asyncio.Task[None] | None = None
+
+    def head(self, path: str, headers: dict[str, str], length: int) -> bytes:
+        """The request line and headers of a POST of `length` bytes to `path`."""
+        lines = [f"POST {path} HTTP/1.1", f"Host: {self.authority}", *(f"{k}: {v}" for k, v in headers.items()),
+                 f"Content-Length: {length}", "", ""]
+        text = "\r\n".join(lines)
+        if any(c in v for v in headers.values() for c in "\r\n") or any(c in k for k in headers for c in "\r\n:"):
+            raise ValueError("a header name or value holds a line break")
+        return text.encode("latin-1")
+
+    async def post(self, head: bytes, body: bytes, on_body: Callable[[bytes], None]) -> Exchange:
+        """Send one request; return its exchange once the response has ended (its 2xx body went to
+        `on_body`). Raises ConnectionCut, IdleTimeout, or what `on_body` raised."""
+        for attempt in range(2):
+            conn, reused = await self._connection()
+            ex = Exchange(on_body, self.loop.create_future(), self.loop.time())
+            self.active.add(ex)
+            self._watching()
+            conn.start(ex, head, body)
+            try:
+                return await ex.future
+            except _StaleConnection:
+                if reused and attempt == 0:
+                    continue  # the server had closed it while it sat in the pool: nothing was processed
+                raise
+            finally:
+                if not ex.future.done():  # cancelled while waiting: the connection is mid-response
+                    conn.fail(asyncio.CancelledError())
+                    ex.future.cancel()
+                self.active.discard(ex)
+        raise AssertionError("unreachable")
+
+    async def _connection(self) -> tuple[_Connection, bool]:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.open and conn.transport is not None and not conn.transport.is_closing():
+                return conn, True
+        try:
+            _, conn = await asyncio.wait_for(self.loop.create_connection(
+                lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
+                server_hostname=self.host if self.ssl else None), self.idle_timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise IdleTimeout(f"connecting to {self.authority} took over {self.idle_timeout_s:g} s") from exc
+        except OSError as exc:
+            raise ConnectionCut(f"cannot connect to {self.authority}: {exc}") from exc
+        return conn, False
+
+    def give_back(self, conn: _Connection) -> None:
+        if len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def forget(self, conn: _Connection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def _watching(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = self.loop.create_task(self._watch_idle(), name=f"idle-watch {self.authority}")
+
+    async def _watch_idle(self) -> None:
+        """Cut exchanges silent for longer than the idle timeout: one timer for all of them, waking
+        every quarter timeout (at most 1 s), instead of a timer re-armed on every read. A cut lands
+        between idle and idle + period."""
+        idle = self.idle_timeout_s
+        while self.active:
+            await asyncio.sleep(min(1.0, idle / 4))
+            now = self.loop.time()
+            for ex in [e for e in self.active if now - e.last > idle]:
+                self.active.discard(ex)
+                err = IdleTimeout(f"no bytes from {self.authority} for {idle:g} s")
+                if ex.conn is not None:
+                    ex.conn.fail(err)
+                elif not ex.future.done():
+                    ex.future.set_exception(err)
+
+    def close(self) -> None:
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
+        if self._watch is not None:
+            self._watch.cancel()
+
+
+__all__ = ["ConnectionCut", "Exchange", "IdleTimeout", "Pool"]
+

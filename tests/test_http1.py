@@ -1,0 +1,291 @@
+"""The HTTP/1.1 layer under the streamed requests (`pipeline.llm.http1`), against real servers on
+loopback: keep-alive connections are reused, a pooled connection the server closed is replaced
+without an error or a second request the server processed, bodies framed by length, by chunks or
+by the connection's end all arrive whole, what is not HTTP is an error, a cancelled request's
+connection is not reused, and headers cannot smuggle lines."""
+
+import asyncio
+import json
+
+import openai
+import pytest
+from aiohttp import web
+
+from pipeline.config import EndpointConfig
+from pipeline.llm.http1 import ConnectionCut, IdleTimeout, Pool
+from pipeline.llm.transport import Connection, stream_chat
+
+USAGE = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+
+
+def _sse(text: str) -> bytes:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]}
+    usage = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], "usage": USAGE}
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (chunk, usage)) + b"data: [DONE]\n\n"
+
+
+class CountingServer:
+    """aiohttp server answering each chat request with one short stream; notes the client port
+    of every request (one port = one TCP connection)."""
+
+    def __init__(self, keepalive_timeout: float = 75.0, hold_s: float = 0.0):
+        self.peers: list[int] = []
+        self.keepalive_timeout, self.hold_s = keepalive_timeout, hold_s
+
+    async def handler(self, request):
+        body = await request.json()
+        self.peers.append(request.transport.get_extra_info("peername")[1])
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if self.hold_s:
+            await resp.write(b": working\n\n")
+            await asyncio.sleep(self.hold_s)
+        await resp.write(_sse(body["messages"][0]["content"]))
+        await resp.write_eof()
+        return resp
+
+    async def __aenter__(self):
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handler)
+        self.runner = web.AppRunner(app, keepalive_timeout=self.keepalive_timeout)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.runner.cleanup()
+
+
+async def _ask(conn: Connection, text: str) -> str:
+    out = await stream_chat(conn, model="m", messages=[{"role": "user", "content": text}], params={}, headers={})
+    return out["choices"][0]["message"]["content"]
+
+
+def _conn(url: str, idle: float = 5) -> Connection:
+    return Connection(url, EndpointConfig(url=url, model="m", idle_timeout_s=idle))
+
+
+def test_sequential_requests_reuse_one_connection_and_concurrent_ones_open_more():
+    async def main():
+        async with CountingServer(hold_s=0.2) as server:
+            conn = _conn(server.url)
+            try:
+                assert [await _ask(conn, f"q{i}") for i in range(5)] == [f"q{i}" for i in range(5)]
+                sequential = list(server.peers)
+                answers = await asyncio.gather(*(_ask(conn, f"p{i}") for i in range(4)))
+                return sequential, server.peers[5:], answers
+            finally:
+                await conn.close()
+    sequential, concurrent, answers = asyncio.run(main())
+    assert len(set(sequential)) == 1  # keep-alive: one connection served all five
+    assert len(set(concurrent)) == 4  # four at once need four connections
+    assert answers == [f"p{i}" for i in range(4)]
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_without_error_or_a_second_request():
+    async def main():
+        async with CountingServer(keepalive_timeout=0.1) as server:
+            conn = _conn(server.url)
+            try:
+                first = await _ask(conn, "one")
+                await asyncio.sleep(0.5)  # the server closes the idle connection meanwhile
+                second = await _ask(conn, "two")
+                return first, second, list(server.peers)
+            finally:
+                await conn.close()
+    first, second, peers = asyncio.run(main())
+    assert (first, second) == ("one", "two")
+    assert len(peers) == 2 and peers[0] != peers[1]  # each request reached the server once
+
+
+class RaceServer:
+    """Keeps the first connection open after its first answer, then closes it on the next request
+    without a byte of reply: the race where a server drops an idle keep-alive connection just as
+    the client sends on it."""
+
+    def __init__(self):
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.connections += 1
+        first = self.connections == 1
+        for n in range(2 if first else 1):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            text = json.loads(await reader.readexactly(length))["messages"][0]["content"]
+            if first and n == 1:
+                writer.close()
+                return
+            body = _sse(text)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+
+def test_a_pooled_connection_closed_as_the_request_goes_out_is_retried_once_on_a_fresh_one():
+    async def main():
+        async with RaceServer() as server:
+            conn = _conn(server.url)
+            try:
+                return await _ask(conn, "one"), await _ask(conn, "two"), server.connections
+            finally:
+                await conn.close()
+    assert asyncio.run(main()) == ("one", "two", 2)
+
+
+def test_a_fresh_connection_closed_without_a_reply_is_not_retried_by_the_pool():
+    # Only a reused connection may have gone stale; on a fresh one the server chose to close.
+    with pytest.raises(openai.APIConnectionError, match="server closed the connection"):
+        _raw(b"")
+
+
+class RawServer:
+    """Answers every connection with fixed bytes (then closes it, or not): responses aiohttp's
+    server would never write."""
+
+    def __init__(self, reply: bytes, close: bool = True):
+        self.reply, self.close, self.requests = reply, close, 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        self.body = json.loads(await reader.readexactly(length))
+        self.head = head
+        self.requests += 1
+        writer.write(self.reply)
+        await writer.drain()
+        if self.close:
+            writer.close()
+        else:
+            await asyncio.sleep(30)
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+
+def _raw(reply: bytes, close: bool = True, idle: float = 5):
+    async def main():
+        async with RawServer(reply, close) as server:
+            conn = _conn(server.url, idle)
+            try:
+                return await _ask(conn, "hi"), server
+            finally:
+                await conn.close()
+    return asyncio.run(main())
+
+
+def test_bodies_framed_by_length_by_chunks_and_by_the_connection_end_arrive_whole():
+    body = _sse("framed")
+    by_length = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i:i + 10]), body[i:i + 10]) for i in range(0, len(body), 10)) + b"0\r\n\r\n"
+    until_close = b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + body
+    for reply in (by_length, chunked, until_close):
+        text, server = _raw(reply, close=reply is until_close)
+        assert text == "framed"
+    # What went out is an HTTP/1.1 POST of the JSON body, with the host and our headers.
+    head = server.head.decode()
+    assert head.startswith("POST /v1/chat/completions HTTP/1.1\r\n")
+    assert f"Host: {server.url.split('/')[2]}\r\n" in head and "Authorization: Bearer " in head
+    assert server.body["stream"] is True and server.body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_a_body_cut_before_its_length_or_last_chunk_is_a_connection_error():
+    body = _sse("cut")
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body) + 50, body)
+    for reply in (short, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ndata:"):
+        with pytest.raises(openai.APIConnectionError, match="stream cut"):
+            _raw(reply)
+
+
+def test_bytes_that_are_not_http_are_a_connection_error_not_a_hang():
+    with pytest.raises(openai.APIConnectionError, match="bad HTTP response"):
+        _raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", close=False)
+
+
+def test_a_refused_connection_is_a_connection_error():
+    async def main():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        conn = _conn(f"http://127.0.0.1:{port}/v1")
+        try:
+            await _ask(conn, "hi")
+        finally:
+            await conn.close()
+    with pytest.raises(openai.APIConnectionError, match="cannot connect"):
+        asyncio.run(main())
+
+
+def test_a_cancelled_request_drops_its_connection_and_the_next_one_works():
+    async def main():
+        async with CountingServer(hold_s=1.0) as server:
+            conn = _conn(server.url)
+            try:
+                task = asyncio.create_task(_ask(conn, "slow"))
+                await asyncio.sleep(0.3)  # mid-stream: headers and a comment came
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                pool = conn.pool()
+                assert pool.idle == [] and pool.active == set()  # not handed back half-read
+                return await _ask(conn, "next"), server.peers
+            finally:
+                await conn.close()
+    text, peers = asyncio.run(main())
+    assert text == "next" and peers[0] != peers[1]
+
+
+def test_the_idle_watch_cuts_a_silent_exchange_at_the_pool_level():
+    async def main():
+        async with RawServer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", close=False) as server:
+            pool = Pool(server.url + "/chat/completions", idle_timeout_s=0.4)
+            body = b"{}"
+            try:
+                t0 = asyncio.get_running_loop().time()
+                with pytest.raises(IdleTimeout):
+                    await pool.post(pool.head("/v1/chat/completions", {}, len(body)), body, lambda b: None)
+                return asyncio.get_running_loop().time() - t0, pool
+            finally:
+                pool.close()
+    waited, pool = asyncio.run(main())
+    assert 0.4 <= waited < 1.5 and pool.active == set()
+
+
+def test_headers_cannot_smuggle_lines_and_urls_must_be_http():
+    async def main():
+        pool = Pool("http://127.0.0.1:9/v1/chat/completions", idle_timeout_s=1)
+        with pytest.raises(ValueError, match="line break"):
+            pool.head("/v1/chat/completions", {"X-Key": "a\r\nX-Evil: 1"}, 2)
+        assert pool.head("/p", {"A": "b"}, 2) == b"POST /p HTTP/1.1\r\nHost: 127.0.0.1:9\r\nA: b\r\nContent-Length: 2\r\n\r\n"
+        with pytest.raises(ValueError, match="not an http"):
+            Pool("ftp://host/v1", idle_timeout_s=1)
+        assert Pool("https://example.org/v1", idle_timeout_s=1).authority == "example.org"
+        assert Pool("http://[::1]:8000/v1", idle_timeout_s=1).authority == "[::1]:8000"
+    asyncio.run(main())
+
+
+def test_connection_cut_is_the_error_of_an_unreachable_pool():
+    async def main():
+        pool = Pool("http://127.0.0.1:1/v1/chat/completions", idle_timeout_s=1)
+        with pytest.raises(ConnectionCut):
+            await pool.post(pool.head("/v1/chat/completions", {}, 2), b"{}", lambda b: None)
+    asyncio.run(main())
