@@ -47,6 +47,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -204,18 +205,29 @@ def measure(cmd: list[str], env: dict, log: Path, busy: bool) -> dict:
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         ps, peak, seen, threads = psutil.Process(proc.pid), 0, {}, {}
-        while proc.poll() is None:
-            peak = max(peak, tree_rss(ps, seen))
-            threads = thread_cpu(proc.pid) or threads
-            time.sleep(0.25)
-    wall = time.monotonic() - t0
+        stop = threading.Event()
+
+        def sample() -> None:  # memory and CPU every 0.25 s, beside the wait (which ends the clock)
+            nonlocal peak, threads
+            while not stop.is_set():
+                peak = max(peak, tree_rss(ps, seen))
+                threads = thread_cpu(proc.pid) or threads
+                stop.wait(0.25)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        proc.wait()
+        t1 = time.monotonic()
+        stop.set()
+        sampler.join()
+    wall = t1 - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the client's tree, all waited for; not the spinner
     if spinner:
         spinner.kill()
         spinner.wait()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # The main process's share, as last seen (up to 0.25 s before it ended): the rest went to its workers.
-    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak,
+    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak, "t0": t0, "t1": t1,
             "main_cpu_s": seen.get(proc.pid, float("nan")), "thread_cpu_s": threads}
 
 
@@ -250,7 +262,7 @@ def client_command(name: str, args, work: Path, input_path: Path, image_root: Pa
         prof = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
         # py-spy samples what is on a CPU in every thread and subprocess (cProfile: the main thread only).
         spy = ([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "250",
-                "--threads", "--subprocesses", "--output", str(args.py_spy), "--"] if args.py_spy else [])
+                "--threads", "--gil", "--output", str(args.py_spy), "--"] if args.py_spy else [])
         return ([*spy, sys.executable, *prof, "-m", "pipeline.cli", "convert", "--config", str(out / "config.yaml")],
                 env, out / "convert" / ".state")
     common = ["--input", str(input_path), "--image-root", str(image_root), "--out", str(out / "results.jsonl"),
@@ -295,6 +307,15 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
     stats = {role: [sim_get(p, "/sim/stats") for p in ps] for role, ps in ports.items()}
     prompts = {role: [e for p in ps for e in sim_get(p, "/sim/prompts")] for role, ps in ports.items()}
     service = {role: [s for st in sts for s in st["service"]] for role, sts in stats.items()}
+    # When the first request reached a server after the client started, and how long the client ran
+    # after the last response ended (start-up, and writing the outputs: time the floor does not hold).
+    # Each request's service interval, seconds after the client started (for timelines of a run).
+    (work / f"{name}-service.json").write_text(json.dumps({role: [
+        {"start": round(st["t0_monotonic"] + s["start"] - m["t0"], 4), "end": round(st["t0_monotonic"] + s["end"] - m["t0"], 4),
+         "queued": round(st["t0_monotonic"] + s["queued"] - m["t0"], 4), "stage": s["stage"], "sample": s["sample"]}
+        for st in sts for s in st["service"]] for role, sts in stats.items()}))
+    starts = [st["t0_monotonic"] + s["start"] for sts in stats.values() for st in sts for s in st["service"]]
+    ends = [st["t0_monotonic"] + s["end"] for sts in stats.values() for st in sts for s in st["service"]]
     slots = {role: args.slots * len(ps) for role, ps in ports.items()}
     times = per_sample_times(service, prompts)
     floor = ideal_streaming_makespan(times, slots) if times else float("nan")
@@ -303,6 +324,8 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
         "client": name, "busy_machine": busy, "rc": m["rc"], "n": n, "complete_samples": len(times),
         "wall_s": round(m["wall_s"], 2), "ideal_streaming_floor_s": round(floor, 2),
         "ratio": round(m["wall_s"] / floor, 3) if times else None,
+        "first_request_after_s": round(min(starts) - m["t0"], 2) if starts else None,
+        "exit_after_last_response_s": round(m["t1"] - max(ends), 2) if ends else None,
         "client_cpu_ms_per_sample": round(1000 * m["cpu_s"] / n, 1),
         "client_main_process_cpu_ms_per_sample": round(1000 * m["main_cpu_s"] / n, 1),
         "client_main_process_thread_cpu_s": {k: round(v, 2) for k, v in m["thread_cpu_s"].items()},
@@ -363,7 +386,7 @@ def main() -> None:
     ap.add_argument("--base-port", type=int, default=18600)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench")
     ap.add_argument("--py-spy", type=Path, default=None,
-                    help="sample the coldstart client with py-spy (on-CPU stacks, all threads) into this raw file")
+                    help="sample the coldstart client with py-spy (stacks holding the GIL, all threads) into this raw file")
     ap.add_argument("--profile", type=Path, default=None,
                     help="write a cProfile of the coldstart client's main process here (its figures then include the profiler)")
     ap.add_argument("--curator-venv", type=Path, default=ROOT / "outputs" / "bench" / "curator-venv")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
 
-from .images import ImageError, ImageRoots, read_image_file
+from .images import ImageError, ImageRoots, image_file_sha256
 
 _PUNCT = re.compile(r"[^\w\s]")
 
@@ -48,7 +48,7 @@ def file_hashes(roots: ImageRoots | Path, raws: list[str], max_file_bytes: int =
     out = []
     for raw in raws:
         try:
-            out.append(hashlib.sha256(read_image_file(roots, raw, max_file_bytes)[1]).hexdigest())
+            out.append(image_file_sha256(roots, raw, max_file_bytes))
         except ImageError:
             return None
     return out

@@ -57,7 +57,9 @@ class EncodedImage:
     resolved: Path  # the original file (symlinks followed)
     file_sha256: str  # hash of the bytes on disk
     cache_key: str  # request-key part: file hash + transform parameters (never encoder output)
-    data_url: str
+    # The data URL as ASCII bytes: written into request bodies as it is (pipeline/llm/transport.py
+    # splices it in; no 0.5 MB copy per request). b"" once the VLM stages are done with it.
+    data_url: bytes
     width: int  # as sent
     height: int
     # The file the trainer should load: the original when sent as is, else the transformed
@@ -128,19 +130,39 @@ def resolve_inside(root: ImageRoots | Path, raw: str) -> Path:
     return _as_roots(root).resolve(raw)
 
 
+def _checked(roots: ImageRoots | Path, raw: object, max_file_bytes: int) -> Path:
+    path = _as_roots(roots).resolve(raw)
+    if not path.is_file():
+        raise ImageError("image_missing", f"{raw!r} not found (resolved to {path})")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageError("image_empty", f"{raw!r} is an empty file")
+    if size > max_file_bytes:
+        raise ImageError("image_too_large", f"{raw!r} is {size} bytes > max_file_bytes {max_file_bytes}")
+    return path
+
+
 def read_image_file(roots: ImageRoots | Path, raw: object, max_file_bytes: int) -> tuple[Path, bytes]:
     """Resolve and read one image file with its size limits checked; ImageError on any failure."""
-    path = _as_roots(roots).resolve(raw)
     try:
-        if not path.is_file():
-            raise ImageError("image_missing", f"{raw!r} not found (resolved to {path})")
-        size = path.stat().st_size
-        if size == 0:
-            raise ImageError("image_empty", f"{raw!r} is an empty file")
-        if size > max_file_bytes:
-            raise ImageError("image_too_large", f"{raw!r} is {size} bytes > max_file_bytes {max_file_bytes}")
+        path = _checked(roots, raw, max_file_bytes)
         return path, path.read_bytes()
     except OSError as exc:  # unreadable, name too long, vanished meanwhile
+        raise ImageError("image_missing", f"{raw!r} cannot be read: {type(exc).__name__}: {exc}") from None
+
+
+def image_file_sha256(roots: ImageRoots | Path, raw: object, max_file_bytes: int) -> str:
+    """The file's content hash, read in 64 KB pieces (the same checks as `read_image_file`):
+    screening hashes every row's images ahead of time and need not hold them whole."""
+    try:
+        path = _checked(roots, raw, max_file_bytes)
+        digest, buf = hashlib.sha256(), bytearray(65536)
+        view = memoryview(buf)
+        with path.open("rb") as fh:
+            while n := fh.readinto(buf):
+                digest.update(view[:n])
+        return digest.hexdigest()
+    except OSError as exc:
         raise ImageError("image_missing", f"{raw!r} cannot be read: {type(exc).__name__}: {exc}") from None
 
 
@@ -265,8 +287,8 @@ def transform_key(file_sha256: str, transforms: list[str], codec: str | None) ->
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
-def _data_url(subtype: str, payload: bytes) -> str:
-    return f"data:image/{subtype};base64,{base64.b64encode(payload).decode('ascii')}"
+def _data_url(subtype: str, payload: bytes) -> bytes:
+    return b"data:image/%s;base64,%s" % (subtype.encode("ascii"), base64.b64encode(payload))
 
 
 def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Path | None = None) -> EncodedImage:
@@ -341,7 +363,7 @@ def write_trainer_files(images: list[EncodedImage], out_dir: Path) -> None:
         if not im.transforms:
             continue
         target = _trainer_file(im, out_dir)
-        payload = base64.b64decode(im.data_url.split(",", 1)[1])
+        payload = base64.b64decode(im.data_url.split(b",", 1)[1])
         written = write_content_addressed(payload, target.parent, target.suffix)
         assert written == target, (written, target)
 

@@ -20,18 +20,28 @@ from .prompts import DEFAULT_PROMPT_DIR
 TOKENS_FILE = "special_tokens.yaml"
 
 
+# Every token the shipped list and patterns match opens with one of these (checked at load): text
+# without them is returned as it is, without running the pattern (~0.4 ms on a 10K-character trace).
+_OPENERS = ("<|", "<｜")
+_GENERIC_OPENERS = (re.escape("<|"), "<｜")
+
+
 @lru_cache(maxsize=4)
-def _pattern(directory: str) -> re.Pattern[str]:
+def _load(directory: str) -> tuple[re.Pattern[str], tuple[str, ...] | None]:
     data = yaml.safe_load((Path(directory) / TOKENS_FILE).read_text(encoding="utf-8"))
     listed = [t for key in ("qwen2_5_vl", "deepseek_r1") for t in data.get(key) or []]
+    generic = list(data.get("generic") or [])
     # Longest first, so a token is never cut by a shorter one that is its prefix.
-    alternatives = [re.escape(t) for t in sorted(set(listed), key=len, reverse=True)] + list(data.get("generic") or [])
+    alternatives = [re.escape(t) for t in sorted(set(listed), key=len, reverse=True)] + generic
     # Spaces or tabs around a run of tokens are taken with it, so "a <|x|> b" becomes "a b", not "a  b".
-    return re.compile(r"([ \t]*)(?:" + "|".join(alternatives) + r")+([ \t]*)")
+    pattern = re.compile(r"([ \t]*)(?:" + "|".join(alternatives) + r")+([ \t]*)")
+    # The shortcut holds only if nothing the file lists can start otherwise (an edited list may).
+    safe = all(t.startswith(_OPENERS) for t in listed) and all(g.startswith(_GENERIC_OPENERS) for g in generic)
+    return pattern, _OPENERS if safe else None
 
 
 def special_token_pattern(directory: Path | None = None) -> re.Pattern[str]:
-    return _pattern(str(directory or DEFAULT_PROMPT_DIR))
+    return _load(str(directory or DEFAULT_PROMPT_DIR))[0]
 
 
 def find_special_tokens(text: str, directory: Path | None = None) -> list[str]:
@@ -42,10 +52,13 @@ def strip_special_tokens(text: str, directory: Path | None = None) -> str:
     """The text without any special token; a space is kept where one stood beside the tokens."""
     if not text:
         return text
+    pattern, openers = _load(str(directory or DEFAULT_PROMPT_DIR))
+    if openers is not None and not any(o in text for o in openers):
+        return text
 
     def repl(m: re.Match[str]) -> str:
         before, after = m.group(1), m.group(2)
         at_edge = m.start() == 0 or m.end() == len(text) or text[m.start() - 1] == "\n" or text[m.end():m.end() + 1] == "\n"
         return "" if at_edge or not (before or after) else " "
 
-    return special_token_pattern(directory).sub(repl, text)
+    return pattern.sub(repl, text)

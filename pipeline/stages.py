@@ -172,7 +172,7 @@ class Stages:
         # The VLM is done with the images. A sample spends most of its life waiting for or reading
         # the reasoner: it holds no image bytes meanwhile (1024 samples in flight held ~0.5 GB of
         # base64). Only a transformed image keeps its bytes, to be written for the trainer if kept.
-        images[:] = [im if im.transforms else replace(im, data_url="") for im in images]
+        images[:] = [im if im.transforms else replace(im, data_url=b"") for im in images]
         prompt = t["reasoning"].render(
             description=description.content, question=question, answer=sample.answer
         )

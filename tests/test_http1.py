@@ -262,7 +262,7 @@ def test_the_idle_watch_cuts_a_silent_exchange_at_the_pool_level():
             try:
                 t0 = asyncio.get_running_loop().time()
                 with pytest.raises(IdleTimeout):
-                    await pool.post(pool.head("/v1/chat/completions", {}, len(body)), body, lambda b: None)
+                    await pool.post("/v1/chat/completions", {}, body, lambda b: None)
                 return asyncio.get_running_loop().time() - t0, pool
             finally:
                 pool.close()
@@ -287,5 +287,68 @@ def test_connection_cut_is_the_error_of_an_unreachable_pool():
     async def main():
         pool = Pool("http://127.0.0.1:1/v1/chat/completions", idle_timeout_s=1)
         with pytest.raises(ConnectionCut):
-            await pool.post(pool.head("/v1/chat/completions", {}, 2), b"{}", lambda b: None)
+            await pool.post("/v1/chat/completions", {}, b"{}", lambda b: None)
     asyncio.run(main())
+
+
+def test_a_request_body_is_let_go_once_the_response_starts():
+    # A VLM request's body is its image again; held for a 20 s stream by 256 slots it was ~128 MB.
+    async def main():
+        async with CountingServer(hold_s=0.5) as server:
+            conn = _conn(server.url)
+            try:
+                task = asyncio.create_task(_ask(conn, "x" * 100_000))
+                await asyncio.sleep(0.25)  # headers and a comment came; the answer has not
+                (ex,) = conn.pool().active
+                held_mid_stream = list(ex.outgoing)
+                return held_mid_stream, await task
+            finally:
+                await conn.close()
+    held, text = asyncio.run(main())
+    assert held == [] and text == "x" * 100_000
+
+
+def test_an_image_data_url_is_spliced_into_the_body_byte_for_byte_as_json_would_write_it():
+    import base64
+    import os
+
+    import orjson
+
+    from pipeline.llm.transport import request_body
+
+    url = b"data:image/png;base64," + base64.b64encode(os.urandom(300_000))
+    tricky = 'marker look-alikes: \x000\x00 "\\u00000\\u0000" \\ " é'
+    payload = {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": tricky},
+        {"type": "image_url", "image_url": {"url": url[:1000]}}]}], "stream": True}
+    parts = request_body(payload)
+    assert url in parts  # the image itself, not a copy inside a larger piece
+    as_text = {**payload, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url.decode()}}, {"type": "text", "text": tricky},
+        {"type": "image_url", "image_url": {"url": url[:1000].decode()}}]}]}
+    assert b"".join(parts) == orjson.dumps(as_text)
+    assert request_body({"a": "no bytes"}) == [orjson.dumps({"a": "no bytes"})]
+    with pytest.raises(ValueError, match="ASCII without quotes"):
+        request_body({"url": b'data:x","injected":"1'})
+
+
+def test_the_server_reads_the_spliced_image_as_the_json_string_it_was():
+    import base64
+    import os
+
+    url = b"data:image/jpeg;base64," + base64.b64encode(os.urandom(200_000))
+    body = _sse("seen")
+
+    async def main():
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        async with RawServer(reply, close=False) as server:
+            conn = _conn(server.url)
+            try:
+                out = await stream_chat(conn, model="m", params={}, headers={}, messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what?"}]}])
+                return out, server.body
+            finally:
+                await conn.close()
+    out, received = asyncio.run(main())
+    assert out["choices"][0]["message"]["content"] == "seen"
+    assert received["messages"][0]["content"][0]["image_url"]["url"] == url.decode()

@@ -2,6 +2,7 @@
 and the trainer reading the same pixels as the VLM. Every image here is a real file written by PIL."""
 
 import asyncio
+import hashlib
 import base64
 import io
 import json
@@ -22,8 +23,8 @@ WHITE = (255, 255, 255)
 
 
 def sent_bytes(im: EncodedImage) -> bytes:
-    head, payload = im.data_url.split(",", 1)
-    assert head in ("data:image/png;base64", "data:image/jpeg;base64", "data:image/webp;base64"), head
+    head, payload = im.data_url.split(b",", 1)
+    assert head in (b"data:image/png;base64", b"data:image/jpeg;base64", b"data:image/webp;base64"), head
     return base64.b64decode(payload)
 
 
@@ -162,6 +163,10 @@ def test_dedup_hashes_follow_the_same_roots(root, tmp_path):
     assert hashes == [load_image(ImageRoots.of(root, [datasets]), p, ImageConfig()).file_sha256
                       for p in ("x.png", "sub/ok.png")]
     assert file_hashes(root, ["sub/ok.png"], max_file_bytes=10) is None
+    # Read in 64 KB pieces: a file of several pieces and a partial last one hashes as a whole read.
+    big = os.urandom(3 * 65536 + 1234)
+    (root / "big.bin").write_bytes(big)
+    assert file_hashes(root, ["big.bin"]) == [hashlib.sha256(big).hexdigest()]
 
 
 def test_missing_empty_corrupt(root):
@@ -226,7 +231,7 @@ def test_unchanged_images_are_sent_byte_for_byte(root, tmp_path, name, mode, fmt
     _photo().convert(mode).save(root / name, format=fmt)
     data = (root / name).read_bytes()
     im = load_image(root, name, ImageConfig(), tmp_path / "out")
-    assert im.data_url.startswith(f"data:image/{subtype};base64,") and not im.data_url.startswith("data:image;")
+    assert im.data_url.startswith(f"data:image/{subtype};base64,".encode()) and not im.data_url.startswith(b"data:image;")
     assert sent_bytes(im) == data and im.transforms == []
     assert im.trainer_path == (root / name).resolve()  # the record keeps the original file
     assert same_pixels(llamafactory_load(im.trainer_path), sent_pixels(im))
@@ -242,7 +247,7 @@ def test_multi_picture_jpeg_is_sent_as_is(root):
     with Image.open(root / "phone.jpg") as opened:
         assert opened.format == "MPO" and opened.n_frames == 2
     im = load_image(root, "phone.jpg", ImageConfig())
-    assert im.transforms == [] and im.data_url.startswith("data:image/jpeg;base64,")
+    assert im.transforms == [] and im.data_url.startswith(b"data:image/jpeg;base64,")
     assert sent_bytes(im) == (root / "phone.jpg").read_bytes()
     assert max(ImageStat.Stat(ImageChops.difference(sent_pixels(im), first)).mean) < 4
 
@@ -340,7 +345,7 @@ def test_transparency_is_composited_on_white(root, tmp_path, name):
     assert px.getpixel((12, 8)) == WHITE
     assert close(px.getpixel((3, 8)), left)
     # Lossless sources stay lossless: a diagram's edges are not blurred by JPEG.
-    assert im.data_url.startswith("data:image/png;base64,")
+    assert im.data_url.startswith(b"data:image/png;base64,")
 
 
 def test_partial_alpha_blends_toward_white(root):
@@ -394,7 +399,7 @@ def test_other_modes_and_formats_become_rgb(root, tmp_path, name, mode, fmt, los
         expected = opened.convert("RGB")
     im = load_image(root, name, ImageConfig(), tmp_path / "out")
     assert im.transforms, "a format or mode the server may not take is re-encoded"
-    assert im.data_url.startswith("data:image/jpeg;base64," if lossy else "data:image/png;base64,")
+    assert im.data_url.startswith(b"data:image/jpeg;base64," if lossy else b"data:image/png;base64,")
     px = sent_pixels(im)
     if lossy:
         assert max(ImageStat.Stat(ImageChops.difference(px, expected)).mean) < 3
@@ -416,7 +421,7 @@ def test_exif_orientation_applied(root, tmp_path, orientation):
     _exif_rotated_jpeg(root / "cam.jpg", upright, orientation)
     im = load_image(root, "cam.jpg", ImageConfig(), tmp_path / "out")
     assert im.transforms == [f"exif_orientation:{orientation}"]
-    assert (im.width, im.height) == (96, 64) and im.data_url.startswith("data:image/jpeg;base64,")
+    assert (im.width, im.height) == (96, 64) and im.data_url.startswith(b"data:image/jpeg;base64,")
     assert max(ImageStat.Stat(ImageChops.difference(sent_pixels(im), upright)).mean) < 4
     # What LLaMA-Factory would load from the original: not upright. The record must not point there.
     naive = llamafactory_load(root / "cam.jpg")
@@ -488,7 +493,7 @@ def test_trainer_loads_the_pixels_the_vlm_was_sent(root, tmp_path):
         assert same_pixels(llamafactory_load(out / path), sent_pixels(im)), im.source_path
     # Lossless outputs equal the person's view of the original exactly.
     for im in loaded:
-        if im.data_url.startswith("data:image/png"):
+        if im.data_url.startswith(b"data:image/png"):
             with Image.open(im.resolved) as original:
                 original.load()
                 assert same_pixels(sent_pixels(im), as_seen(original))
@@ -598,7 +603,7 @@ def test_convert_sends_what_a_person_sees_and_keeps_it_for_the_trainer(tmp_path,
     assert max(ImageStat.Stat(ImageChops.difference(sent_cam, upright1)).mean) < 4  # upright, as photographed
     assert (out / records["demo-00002"]["image"]).resolve() == (datasets / "coco" / "2.png").resolve()
     # Past the VLM stages a sample holds no image bytes, except a transformed image's (to write it).
-    assert at_keep and all((im.data_url != "") == bool(im.transforms) for im in at_keep)
+    assert at_keep and all((im.data_url != b"") == bool(im.transforms) for im in at_keep)
     assert any(im.transforms for im in at_keep) and any(not im.transforms for im in at_keep)
 
 

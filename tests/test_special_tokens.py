@@ -62,6 +62,17 @@ def test_ordinary_text_is_left_alone(text):
     assert find_special_tokens(text) == []
 
 
+def test_a_token_list_with_other_openers_is_still_stripped(tmp_path):
+    # The no-token shortcut looks for "<|" / "<｜"; a list holding a token that opens otherwise
+    # must turn it off, not let that token through.
+    (tmp_path / "special_tokens.yaml").write_text(
+        'qwen2_5_vl: ["[IMG_END]", "<|im_end|>"]\ngeneric: ["<\\\\|[a-z]{3,}\\\\|>"]\n', encoding="utf-8")
+    assert strip_special_tokens("seen [IMG_END] here", tmp_path) == "seen here"
+    assert strip_special_tokens("b<|im_end|>", tmp_path) == "b"
+    assert strip_special_tokens("a <|zzz|> b", tmp_path) == "a b"
+    assert strip_special_tokens("seen [IMG_END] here") == "seen [IMG_END] here"  # not in the shipped list
+
+
 def test_token_list_covers_both_families():
     pattern = special_token_pattern()
     for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>",

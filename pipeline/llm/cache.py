@@ -40,6 +40,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
+
 log = logging.getLogger("coldstart.store")
 
 _SCHEMA = """
@@ -59,7 +61,7 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs"
 StoreMode = Literal["auto", "direct", "publish"]
 
 
-def canonical_messages(messages: list[dict[str, Any]], image_hashes: dict[str, str]) -> list[dict[str, Any]]:
+def canonical_messages(messages: list[dict[str, Any]], image_hashes: dict[Any, str]) -> list[dict[str, Any]]:
     """Messages with each data URL swapped for its image hash: a small, image-free cache identity."""
     out = []
     for msg in messages:
@@ -69,7 +71,9 @@ def canonical_messages(messages: list[dict[str, Any]], image_hashes: dict[str, s
             for part in content:
                 if part.get("type") == "image_url":
                     url = part["image_url"]["url"]
-                    parts.append({"type": "image", "sha256": image_hashes.get(url) or hashlib.sha256(url.encode()).hexdigest()})
+                    # A data URL is str or ASCII bytes (images.EncodedImage); either hashes the same.
+                    raw = url if isinstance(url, bytes) else url.encode()
+                    parts.append({"type": "image", "sha256": image_hashes.get(url) or hashlib.sha256(raw).hexdigest()})
                 else:
                     parts.append(part)
             content = parts
@@ -210,11 +214,11 @@ class ResponseStore:
         if row is None:
             return None
         # zlib-compressed JSON (BLOB); stores written before compression hold plain JSON text.
-        return json.loads(zlib.decompress(row[0]) if isinstance(row[0], bytes) else row[0])
+        return orjson.loads(zlib.decompress(row[0]) if isinstance(row[0], bytes) else row[0])
 
     def put(self, key: str, model: str, stage: str, response: dict[str, Any]) -> None:
         # Compressed: R1 traces are long, repetitive prose (about 4x smaller; ~0.1 ms per response).
-        blob = zlib.compress(json.dumps(response, ensure_ascii=False).encode("utf-8"), 6)
+        blob = zlib.compress(orjson.dumps(response), 6)
         self._db.execute(
             "INSERT OR REPLACE INTO responses (key, model, stage, created, response) VALUES (?, ?, ?, ?, ?)",
             (key, model, stage, time.time(), blob),

@@ -113,14 +113,14 @@ class ModelClient:
 
     async def chat(
         self, messages: list[dict[str, Any]], *, stage: str, priority: int, order: int,
-        image_hashes: dict[str, str] | None = None,
+        image_hashes: dict[Any, str] | None = None,
     ) -> ChatResult:
         return (await self.chat_choices(messages, stage=stage, priority=priority, order=order,
                                         image_hashes=image_hashes))[0]
 
     async def chat_choices(
         self, messages: list[dict[str, Any]], *, stage: str, priority: int, order: int,
-        image_hashes: dict[str, str] | None = None, n: int = 1, variant: int = 0,
+        image_hashes: dict[Any, str] | None = None, n: int = 1, variant: int = 0,
     ) -> list[ChatResult]:
         """n choices from one request (`n` parameter). `variant` > 0 names an independent repeat of
         the same request (best-of-k where the endpoint has no `n`): part of the key, never sent."""

@@ -40,7 +40,8 @@ class Exchange:
     """One request and the head of its response; the 2xx body goes to `on_body`, any other body is
     collected in `body` (an error message)."""
 
-    __slots__ = ("on_body", "future", "status", "headers", "body", "last", "responded", "framed", "conn")
+    __slots__ = ("on_body", "future", "status", "headers", "body", "last", "responded", "framed", "conn",
+                 "outgoing")
 
     def __init__(self, on_body: Callable[[bytes], None], future: asyncio.Future[Exchange], now: float):
         self.on_body = on_body
@@ -52,6 +53,7 @@ class Exchange:
         self.responded = False  # any byte of the response arrived
         self.framed = False  # the body has a length or chunked framing (else it ends with the connection)
         self.conn: _Connection | None = None
+        self.outgoing: list[bytes] = []  # the request body, until the response starts
 
 
 class _Connection(asyncio.Protocol):
@@ -75,7 +77,9 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         ex.last = self.pool.loop.time()
-        ex.responded = True
+        if not ex.responded:
+            ex.responded = True
+            ex.outgoing.clear()  # answered: never sent again, so not held (the transport has its copy)
         try:
             self.parser.feed_data(data)
             if self.pieces:
@@ -142,15 +146,21 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     # -- own ---------------------------------------------------------------------------------------
-    def start(self, ex: Exchange, head: bytes, body: bytes) -> None:
+    def start(self, ex: Exchange, head: bytes, parts: list[bytes]) -> None:
         ex.conn = self
         self.exchange = ex
         assert self.transport is not None
-        if len(body) < 65536:
-            self.transport.write(head + body)  # one send
-        else:  # no copy of a large body (an image)
-            self.transport.write(head)
-            self.transport.write(body)
+        # Small pieces go out together; a large one (an image) on its own, never copied into another.
+        pending = head
+        for part in parts:
+            if len(part) < 65536:
+                pending += part
+                continue
+            self.transport.write(pending)
+            self.transport.write(part)
+            pending = b""
+        if pending:
+            self.transport.write(pending)
 
     def _finish(self, ex: Exchange) -> None:
         self.pool.active.discard(ex)
@@ -207,19 +217,28 @@ class Pool:
             raise ValueError("a header name or value holds a line break")
         return text.encode("latin-1")
 
-    async def post(self, head: bytes, body: bytes, on_body: Callable[[bytes], None]) -> Exchange:
+    async def post(self, path: str, headers: dict[str, str], body: bytes | list[bytes],
+                   on_body: Callable[[bytes], None]) -> Exchange:
         """Send one request; return its exchange once the response has ended (its 2xx body went to
-        `on_body`). Raises ConnectionCut, IdleTimeout, or what `on_body` raised."""
+        `on_body`). Raises ConnectionCut, IdleTimeout, or what `on_body` raised.
+
+        The body (bytes, or pieces written one after another without being joined) is held only
+        until the response starts (a request on a stale pooled connection is sent again): a VLM
+        request's body holds its image, and callers must not keep it either."""
+        outgoing: list[bytes] = [body] if isinstance(body, bytes) else list(body)
+        del body
+        head = self.head(path, headers, sum(map(len, outgoing)))
         for attempt in range(2):
             conn, reused = await self._connection()
             ex = Exchange(on_body, self.loop.create_future(), self.loop.time())
+            ex.outgoing = outgoing
             self.active.add(ex)
             self._watching()
-            conn.start(ex, head, body)
+            conn.start(ex, head, outgoing)
             try:
                 return await ex.future
             except _StaleConnection:
-                if reused and attempt == 0:
+                if reused and attempt == 0 and outgoing:
                     continue  # the server had closed it while it sat in the pool: nothing was processed
                 raise
             finally:

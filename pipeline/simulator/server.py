@@ -317,6 +317,7 @@ class SimServer:
             "max_active": self.max_active,
             "slots": self.config.slots,
             "service": list(self.service),
+            "t0_monotonic": self.t0,  # service start/end are seconds after this (time.monotonic)
         }
 
     # ---- app ---------------------------------------------------------------------------------
