@@ -384,3 +384,36 @@ def test_cancelled_waiter_does_not_leak_a_slot():
         assert await asyncio.wait_for(sched.acquire(0, 2), 1) == 0
 
     run(scenario())
+
+
+def test_endpoint_check_names_a_refusing_status_and_a_non_model_answer(store, monkeypatch):
+    import asyncio as _asyncio
+
+    monkeypatch.delenv(EndpointConfig(url="http://x/v1", model="m").api_key_env, raising=False)
+
+    from aiohttp import web
+
+    async def main(handler):
+        app = web.Application()
+        app.router.add_get("/v1/models", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        try:
+            await _check(EndpointConfig(url=url, model="r1"))
+        finally:
+            await runner.cleanup()
+
+    async def denied(request):
+        assert request.headers["Authorization"] == "Bearer EMPTY"  # no key variable set: vLLM's placeholder
+        return web.json_response({"error": {"message": "bad key"}}, status=401)
+
+    async def html(request):
+        return web.Response(text="<html>login</html>", content_type="text/html")
+
+    with pytest.raises(EndpointCheckFailed, match=r"answered HTTP 401 on /models \(check the API key variable"):
+        _asyncio.run(main(denied))
+    with pytest.raises(EndpointCheckFailed, match="something else than a model list"):
+        _asyncio.run(main(html))

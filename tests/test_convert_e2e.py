@@ -100,9 +100,10 @@ def test_cli_converts_both_formats_end_to_end(tmp_path, sims, fmt):
     assert manifest["endpoints"]["vlm"]["sent"] == 32 and manifest["endpoints"]["reasoner"]["sent"] == 16
     assert f"read 16  kept {counts['kept']}" in proc.stderr
     # The two endpoints worked at the same time: no stage barrier across the dataset.
-    vlm_service, r_service = sim_stats(vlm)["service"], sim_stats(reasoner)["service"]
-    first_reasoning_start = min(s["start"] for s in r_service)
-    last_vlm_end = max(s["end"] for s in vlm_service)
+    # (Each server's times count from its own start: compared on the shared monotonic clock.)
+    vlm_stats, r_stats = sim_stats(vlm), sim_stats(reasoner)
+    first_reasoning_start = r_stats["t0_monotonic"] + min(s["start"] for s in r_stats["service"])
+    last_vlm_end = vlm_stats["t0_monotonic"] + max(s["end"] for s in vlm_stats["service"])
     assert first_reasoning_start < last_vlm_end
 
 

@@ -16,7 +16,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from ..config import EndpointConfig
@@ -24,7 +23,8 @@ from ..records import ChatResult, Usage
 from .cache import ResponseStore, canonical_messages, request_key
 from .completion import parse_completion
 from .scheduling import ReplicaScheduler, Scheduler
-from .transport import Connection, StreamError, is_retryable, retry_after_seconds, stream_chat
+from .errors import RequestError, StatusError, StreamError, is_retryable, retry_after_seconds
+from .transport import Connection, stream_chat
 
 log = logging.getLogger("coldstart.client")
 
@@ -90,17 +90,16 @@ class ModelClient:
         unreachable: list[str] = []
         for i, replica in enumerate(self.replicas):
             try:
-                models = await replica.conn.api.models.list(timeout=15)
-            except openai.APIStatusError as exc:
+                ids = await replica.conn.model_ids(timeout_s=15)
+            except StatusError as exc:
                 raise EndpointCheckFailed(
                     f"{self.role} endpoint {replica.url} answered HTTP {exc.status_code} on /models"
                     + (" (check the API key variable " + self.cfg.api_key_env + ")" if exc.status_code in (401, 403) else "")
                 ) from None
-            except openai.APIError as exc:
+            except RequestError as exc:
                 unreachable.append(f"{self.role} endpoint {replica.url} is unreachable: {exc}")
                 self.scheduler.bench(i)
                 continue
-            ids = [m.id for m in models.data]
             if self.model not in ids:
                 raise EndpointCheckFailed(
                     f"{self.role} endpoint {replica.url} does not serve model {self.model!r}; "
@@ -189,13 +188,13 @@ class ModelClient:
                     replica.sent += 1
                     self.stats.sent += 1
                     return raw
-        except (openai.APIStatusError, StreamError) as exc:
+        except (StatusError, StreamError) as exc:
             self.stats.failed += 1
             raise RequestFailed(
                 "request_failed" if is_retryable(exc) else "request_rejected",
                 f"{self.role} HTTP {exc.status_code}: {str(exc)[:300]}",
             ) from None
-        except openai.APIError as exc:
+        except RequestError as exc:
             self.stats.failed += 1
             raise RequestFailed("request_failed", f"{self.role}: {type(exc).__name__}: {str(exc)[:300]}") from None
         raise AssertionError("unreachable")

@@ -23,13 +23,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-
-class ConnectionCut(Exception):
-    """Refused, dropped, or answered with bytes that are not HTTP: the exchange is lost."""
-
-
-class IdleTimeout(Exception):
-    """Nothing arrived for `idle_timeout_s` (while connecting, waiting for the headers or the body)."""
+from .errors import ConnectionCut, IdleTimeout
 
 
 class _StaleConnection(ConnectionCut):
@@ -208,17 +202,27 @@ class Pool:
         self.active: set[Exchange] = set()
         self._watch: asyncio.Task[None] | None = None
 
-    def head(self, path: str, headers: dict[str, str], length: int) -> bytes:
-        """The request line and headers of a POST of `length` bytes to `path`."""
-        lines = [f"POST {path} HTTP/1.1", f"Host: {self.authority}", *(f"{k}: {v}" for k, v in headers.items()),
-                 f"Content-Length: {length}", "", ""]
+    def head(self, path: str, headers: dict[str, str], length: int, method: str = "POST") -> bytes:
+        """The request line and headers of a request with `length` bytes of body to `path`."""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.authority}", *(f"{k}: {v}" for k, v in headers.items()),
+                 *([f"Content-Length: {length}"] if length or method == "POST" else []), "", ""]
         text = "\r\n".join(lines)
         if any(c in v for v in headers.values() for c in "\r\n") or any(c in k for k in headers for c in "\r\n:"):
             raise ValueError("a header name or value holds a line break")
         return text.encode("latin-1")
 
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[Exchange, bytes]:
+        """A GET; its exchange and whole body (2xx or not)."""
+        pieces: list[bytes] = []
+        ex = await self.request("GET", path, headers, b"", pieces.append)
+        return ex, b"".join(pieces or ex.body)
+
     async def post(self, path: str, headers: dict[str, str], body: bytes | list[bytes],
                    on_body: Callable[[bytes], None]) -> Exchange:
+        return await self.request("POST", path, headers, body, on_body)
+
+    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes | list[bytes],
+                      on_body: Callable[[bytes], None]) -> Exchange:
         """Send one request; return its exchange once the response has ended (its 2xx body went to
         `on_body`). Raises ConnectionCut, IdleTimeout, or what `on_body` raised.
 
@@ -227,7 +231,7 @@ class Pool:
         request's body holds its image, and callers must not keep it either."""
         outgoing: list[bytes] = [body] if isinstance(body, bytes) else list(body)
         del body
-        head = self.head(path, headers, sum(map(len, outgoing)))
+        head = self.head(path, headers, sum(map(len, outgoing)), method)
         for attempt in range(2):
             conn, reused = await self._connection()
             ex = Exchange(on_body, self.loop.create_future(), self.loop.time())

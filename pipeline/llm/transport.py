@@ -3,94 +3,45 @@
 `stream=True` with `stream_options.include_usage`: a long R1 trace is never cut for being long,
 only for going silent for `idle_timeout_s` (waiting for the headers or for the next bytes of the
 body); connecting is bounded by the same figure. The request goes out over `http1` (keep-alive
-connections per replica and event loop, the body handed over in the read callback), and HTTP
-statuses become the openai SDK's typed errors, as `chat.completions.create` would raise them; the
-server-sent events are parsed here, a read's worth at a time, because the SDK's per-chunk model objects cost ~65 us per token and its line iterator
-plus one `orjson.loads` per event still ~9 us (see `stream_chat`). The SDK client itself serves the
-endpoint check (`/v1/models`).
+connections per replica and event loop, the body handed over in the read callback); the
+server-sent events are parsed here, a read's worth at a time (`EventReader`). The endpoint check
+(`/v1/models`) goes over the same connections.
 
-Everything that means "the response was cut" is raised as an openai error that `is_retryable`
-accepts: idle -> APITimeoutError, dropped connection or a stream that ends unfinished ->
-APIConnectionError, an error event mid-stream -> StreamError (retried when the server says 5xx).
+What is not a completion is one of `errors`: idle -> IdleTimeout, refused or dropped connection,
+a garbled event or a stream that ends unfinished -> ConnectionCut, a non-2xx status ->
+StatusError, an error event mid-stream -> StreamError; `errors.is_retryable` decides.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import importlib
 import os
-import time
 import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
-import openai
 import orjson
 
 from ..config import EndpointConfig
 from .completion import IncompleteStream, StreamAssembler
-from .http1 import ConnectionCut, IdleTimeout, Pool
+from .errors import ConnectionCut, IdleTimeout, StatusError, StreamError, is_retryable, retry_after_seconds
+from .http1 import Pool
 
-# The HTTP library the installed openai SDK is built on (httpx for 1.x, httpx2 for newer ones),
-# taken from the SDK's own client class rather than imported by a name the SDK may not use.
-_http = importlib.import_module(openai.DefaultAsyncHttpxClient.__mro__[1].__module__.split(".")[0])
-
-
-class StreamError(openai.APIError):
-    """An error event inside a stream the server had accepted (HTTP 200 already sent)."""
-
-    def __init__(self, message: str, request: Any, body: Any, code: int | None):
-        super().__init__(message, request, body=body)
-        self.status_code = code
-
-
-def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError)):
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code >= 500 or exc.status_code in (408, 409)
-    if isinstance(exc, StreamError):
-        return exc.status_code is None or exc.status_code >= 500 or exc.status_code in (408, 409, 429)
-    return False
-
-
-def retry_after_seconds(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    if ms := headers.get("retry-after-ms"):
-        try:
-            return float(ms) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+__all__ = ["Connection", "EventReader", "is_retryable", "request_body", "retry_after_seconds", "stream_chat",
+           "StreamError"]
 
 
 class Connection:
-    """One replica: the SDK client (endpoint checks, error types) and, per event loop, a pool of
-    keep-alive connections for the streamed chat requests (`http1.Pool`; see `stream_chat`)."""
+    """One replica: per event loop, a pool of keep-alive connections (`http1.Pool`) for the
+    streamed chat requests and the endpoint check."""
 
     def __init__(self, url: str, cfg: EndpointConfig):
-        timeout = openai.Timeout(cfg.idle_timeout_s)  # connect, read (= longest silence), write, pool
         # Keys come from the environment only; local vLLM accepts any token.
         key = os.environ.get(cfg.api_key_env) or "EMPTY"
-        self.api = openai.AsyncOpenAI(
-            base_url=url, api_key=key,
-            max_retries=0,  # tenacity owns retries, so backoff and slot release are ours
-            timeout=timeout,
-        )
-        self.chat_url = str(self.api.base_url).rstrip("/") + "/chat/completions"
+        self.base_url = url.rstrip("/")
+        self.chat_url = self.base_url + "/chat/completions"
         self.path = urlsplit(self.chat_url).path
-        self.request = _http.Request("POST", self.chat_url)  # what the errors name, as the SDK's do
+        self.models_path = urlsplit(self.base_url + "/models").path
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
                         "Accept": "text/event-stream", "User-Agent": "coldstart"}
         self.idle_timeout_s = cfg.idle_timeout_s
@@ -105,31 +56,39 @@ class Connection:
             pool = self._pools[loop] = Pool(self.chat_url, self.idle_timeout_s, self.max_idle)
         return pool
 
+    async def model_ids(self, timeout_s: float = 15.0) -> list[str]:
+        """The ids `/v1/models` lists. StatusError for a non-2xx answer, ConnectionCut or
+        IdleTimeout when the endpoint cannot be reached or is silent for `timeout_s`."""
+        pool = self.pool()
+        headers = {k: v for k, v in self.headers.items() if k != "Accept"}
+        try:
+            ex, body = await asyncio.wait_for(pool.get(self.models_path, headers), timeout_s)
+        except asyncio.TimeoutError:
+            raise IdleTimeout(f"no answer from {self.base_url}/models within {timeout_s:g} s",
+                              self.base_url + "/models") from None
+        if not 200 <= ex.status < 300:
+            raise _status_error(ex.status, ex.headers, body, self.base_url + "/models")
+        try:
+            data = orjson.loads(body)
+            return [str(m["id"]) for m in data["data"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConnectionCut(f"{self.base_url}/models answered something else than a model list: "
+                                f"{body[:200]!r}", self.base_url + "/models") from exc
+
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         if (pool := self._pools.pop(loop, None)) is not None:
             pool.close()
-        await self.api.close()
 
 
-# The SDK's own classes for each status, so callers see the same errors as from `chat.completions`.
-_STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
-    400: openai.BadRequestError, 401: openai.AuthenticationError, 403: openai.PermissionDeniedError,
-    404: openai.NotFoundError, 409: openai.ConflictError, 422: openai.UnprocessableEntityError,
-    429: openai.RateLimitError,
-}
-
-
-def _status_error(status: int, headers: list[tuple[str, str]], content: bytes, request: Any
-                  ) -> openai.APIStatusError:
-    response = _http.Response(status, headers=headers, content=content, request=request)
+def _status_error(status: int, headers: list[tuple[str, str]], content: bytes, url: str) -> StatusError:
     try:
         body: Any = orjson.loads(content)
     except ValueError:
-        body = response.text or None
-    data = body.get("error", body) if isinstance(body, dict) else body  # as the SDK does
-    cls = _STATUS_ERRORS.get(status) or (openai.InternalServerError if status >= 500 else openai.APIStatusError)
-    return cls(f"Error code: {status} - {body}", response=response, body=data)
+        body = content.decode("utf-8", "replace") or None
+    # An OpenAI-style body is {"error": {...}}: its inner object is what callers read.
+    data = body.get("error", body) if isinstance(body, dict) else body
+    return StatusError(status, {k.lower(): v for k, v in headers}, data, url)
 
 
 def _stream_error(data: dict[str, Any], request: Any) -> StreamError | None:
@@ -141,13 +100,14 @@ def _stream_error(data: dict[str, Any], request: Any) -> StreamError | None:
         return None
     info = err if isinstance(err, dict) else {"message": str(err)}
     code = info.get("code")
-    return StreamError(f"error event mid-stream: {str(info.get('message'))[:300]}", request, info,
-                       int(code) if isinstance(code, int) or (isinstance(code, str) and code.isdigit()) else None)
+    return StreamError(f"error event mid-stream: {str(info.get('message'))[:300]}", info,
+                       int(code) if isinstance(code, int) or (isinstance(code, str) and code.isdigit()) else None,
+                       request)
 
 
-def _malformed(payload: bytes, request: Any) -> openai.APIConnectionError:
+def _malformed(payload: bytes, request: Any) -> ConnectionCut:
     # A garbled event (a proxy cutting the body): the response is not usable.
-    return openai.APIConnectionError(message=f"stream cut: malformed event {payload[:80]!r}", request=request)
+    return ConnectionCut(f"stream cut: malformed event {payload[:80]!r}", request)
 
 
 def _decode(payloads: list[bytes], request: Any) -> list[dict[str, Any]]:
@@ -165,7 +125,7 @@ def _decode(payloads: list[bytes], request: Any) -> list[dict[str, Any]]:
         raise _malformed(b",".join(payloads), request)  # each parses alone but not together
     if len(chunks) != len(payloads) or not all(type(c) is dict for c in chunks):
         bad = next((p for p, c in zip(payloads, chunks) if type(c) is not dict), b",".join(payloads))
-        raise openai.APIConnectionError(message=f"stream cut: unexpected event {bad[:80]!r}", request=request)
+        raise ConnectionCut(f"stream cut: unexpected event {bad[:80]!r}", request)
     return chunks
 
 
@@ -187,9 +147,8 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
     of a body holding a base64 image cost ~4 ms per request (`orjson.dumps` ~0.1 ms), and each read
     of a stream went through four async iterator layers (SDK, httpx, its aiohttp adapter, aiohttp)
     before reaching the bytes. Here each read's body is parsed where it arrives (`http1`), its
-    complete events together, so the cost per event is a slice and a few dict reads. Statuses and
-    cuts become the SDK's typed errors, as `chat.completions.create` would raise them."""
-    request = conn.request
+    complete events together, so the cost per event is a slice and a few dict reads."""
+    request = conn.chat_url  # what the errors name
     pool = conn.pool()
     reader = EventReader(request)
     try:
@@ -198,10 +157,9 @@ async def stream_chat(conn: Connection, *, model: str, messages: list[dict[str, 
                              request_body({"model": model, "messages": messages, "stream": True,
                                            "stream_options": {"include_usage": True}, **params}),
                              reader.feed)
-    except IdleTimeout as exc:
-        raise openai.APITimeoutError(request=request) from exc
-    except ConnectionCut as exc:  # refused, dropped mid-body, not HTTP
-        raise openai.APIConnectionError(message=str(exc), request=request) from exc
+    except (IdleTimeout, ConnectionCut) as exc:  # silent; refused, dropped mid-body, not HTTP
+        exc.url = exc.url or request
+        raise
     if not 200 <= ex.status < 300:
         raise _status_error(ex.status, ex.headers, b"".join(ex.body), request)
     return reader.result()
@@ -273,7 +231,7 @@ class EventReader:
         try:
             return self.asm.result()
         except IncompleteStream as exc:
-            raise openai.APIConnectionError(message=f"stream cut: {exc}", request=self.request) from exc
+            raise ConnectionCut(f"stream cut: {exc}", self.request) from exc
 
 
 def _feed(asm: StreamAssembler, payloads: list[bytes], request: Any) -> None:
