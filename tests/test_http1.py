@@ -352,3 +352,62 @@ def test_the_server_reads_the_spliced_image_as_the_json_string_it_was():
     out, received = asyncio.run(main())
     assert out["choices"][0]["message"]["content"] == "seen"
     assert received["messages"][0]["content"][0]["image_url"]["url"] == url.decode()
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 (and localhost), made here: the client must verify it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "coldstart-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_https_endpoints_are_verified_and_streamed(tmp_path, monkeypatch):
+    # A hosted reasoner (the DeepSeek API) is reached over TLS; its certificate is checked.
+    import ssl
+
+    cert_file, key_file = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    body = _sse("over tls")
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i:i + 50]), body[i:i + 50]) for i in range(0, len(body), 50)) + b"0\r\n\r\n"
+
+    async def main(trust: bool):
+        raw = RawServer(reply, close=False)
+        server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=server_ctx)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        if trust:
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # read when the pool makes its context
+        else:
+            monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        conn = _conn(url)
+        try:
+            return await _ask(conn, "hi"), raw.head
+        finally:
+            await conn.close()
+            server.close()
+
+    text, head = asyncio.run(main(trust=True))
+    assert text == "over tls" and head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    with pytest.raises(ConnectionCut, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        asyncio.run(main(trust=False))
