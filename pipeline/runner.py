@@ -16,6 +16,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+import orjson
+
 from . import __version__
 from .llm import EndpointCheckFailed, ModelClient
 from .config import ConvertConfig
@@ -341,7 +343,7 @@ class Converter:
         with atomic_open(self.out / JSONL_NAME) as jsonl:
             def kept_rows():
                 for k in results.iter_kept():
-                    jsonl.write(json.dumps(vision_r1_record(k), ensure_ascii=False) + "\n")
+                    jsonl.write(orjson.dumps(vision_r1_record(k)).decode() + "\n")  # ~10x json.dumps
                     for s in STAGES:
                         usage[s].add(k.usage[s])
                     yield k
