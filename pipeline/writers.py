@@ -121,11 +121,16 @@ ROW_GROUP_ROWS = 100  # rows per Parquet row group (and per batch held in memory
 def arrow_table(rows: list[dict[str, Any]]) -> pa.Table:
     """The rows as an Arrow table of PARQUET_SCHEMA, built by Arrow's JSON reader: the same table as
     `pa.Table.from_pylist` (tests/test_writers.py), without the pandas import (~0.4 s) that any of
-    pyarrow's Python-object converters triggers, and a field the schema lacks is an error."""
-    data = b"\n".join(orjson.dumps(r) for r in rows)
+    pyarrow's Python-object converters triggers, and a field the schema lacks is an error. Costs
+    ~0.15 ms per 38 KB row against from_pylist's ~0.03 (+0.4 s once): cheaper up to ~3,000 rows,
+    ~12 s more on 100,000."""
+    lines = [orjson.dumps(r) for r in rows]
+    data = b"\n".join(lines)
+    # Blocks of 1 MB are parsed on Arrow's threads; a block must hold the longest row whole.
+    block = max(1 << 20, max(map(len, lines), default=0) + 1)
     return pa_json.read_json(
         pa.py_buffer(data),
-        read_options=pa_json.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 20)),
+        read_options=pa_json.ReadOptions(use_threads=True, block_size=block),
         parse_options=pa_json.ParseOptions(explicit_schema=PARQUET_SCHEMA, unexpected_field_behavior="error"),
     ).select(PARQUET_SCHEMA.names)
 
