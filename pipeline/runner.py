@@ -106,7 +106,7 @@ class Converter:
             stages = Stages(cfg, vlm, reasoner, prompts)
             # math-verify only ever runs in these worker processes, with a hard timeout (also for the
             # consistency filter); each converter process (a Ray shard too) owns its pool.
-            pool = self.pool = VerifierPool(cfg.verify_workers, cfg.verify.timeout_s)
+            pool = self.pool = VerifierPool(cfg.verify_workers, cfg.verify.timeout_s, lazy=True)
             self.gate = QualityGate(cfg, prompts, vlm, judge, pool=pool)
             self.dedup = Deduplicator() if cfg.dedup.enabled else None
             self.decontam = (Decontaminator(load_benchmark(cfg.dedup.benchmark_questions),

@@ -133,6 +133,20 @@ def test_timeout_kills_the_worker_and_replaces_it():
         assert p.math_sync("0.5", "\\frac{1}{2}") == "equal"  # the fresh worker answers
 
 
+def test_a_lazy_pool_starts_its_workers_only_when_math_is_needed():
+    async def main():
+        with VerifierPool(workers=2, timeout_s=20, lazy=True) as p:
+            letter = await p.check("The answer is B.", None, "B", parse_options(MC))
+            none_yet = p.pids()
+            states = await asyncio.gather(p.math("1/2", "0.5"), p.math("2", "3"), p.math("x", "x"))
+            return letter, none_yet, states, p.pids()
+    letter, none_yet, states, pids = asyncio.run(main())
+    assert letter.correct and none_yet == []  # a letter answer needs no worker
+    assert states == ["equal", "different", "equal"]
+    assert 1 <= len(pids) <= 2  # started on demand, never more than the pool's size
+    assert all(_gone(pid, within=5) for pid in pids)  # and closed with the pool
+
+
 def test_a_worker_killed_from_outside_is_replaced():
     with VerifierPool(workers=1, timeout_s=10) as p:
         assert p.math_sync("2", "2") == "equal"
