@@ -41,11 +41,14 @@ async def _events(url: str, n: int = 1, key: str = "k1", session: aiohttp.Client
 
 
 def _assemble(events: list[tuple[float, bytes]]) -> dict:
+    """The completion, without `created` (the second the request began: two requests may straddle one)."""
     asm = StreamAssembler()
     for _, data in events:
         if data != b"[DONE]":
             asm.feed(json.loads(data))
-    return asm.result()
+    out = asm.result()
+    del out["created"]
+    return out
 
 
 def _token_events(events: list[tuple[float, bytes]], index: int = 0) -> list[tuple[float, dict]]:
