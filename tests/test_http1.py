@@ -215,6 +215,21 @@ def test_a_body_cut_before_its_length_or_last_chunk_is_a_connection_error():
             _raw(reply)
 
 
+def test_a_compressed_answer_is_refused_by_name_and_not_retried():
+    import gzip
+
+    from pipeline.llm.errors import RequestError, is_retryable
+
+    body = gzip.compress(_sse("zipped"))
+    reply = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    with pytest.raises(RequestError, match="Content-Encoding 'gzip'") as exc:
+        _raw(reply, close=False)
+    assert not is_retryable(exc.value)  # it would come back compressed again
+    text, server = _raw(b"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(_sse("plain")), _sse("plain")), close=False)
+    assert text == "plain" and b"Accept-Encoding: identity\r\n" in server.head
+
+
 def test_bytes_that_are_not_http_are_a_connection_error_not_a_hang():
     with pytest.raises(ConnectionCut, match="bad HTTP response"):
         _raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", close=False)
@@ -275,7 +290,8 @@ def test_headers_cannot_smuggle_lines_and_urls_must_be_http():
         pool = Pool("http://127.0.0.1:9/v1/chat/completions", idle_timeout_s=1)
         with pytest.raises(ValueError, match="line break"):
             pool.head("/v1/chat/completions", {"X-Key": "a\r\nX-Evil: 1"}, 2)
-        assert pool.head("/p", {"A": "b"}, 2) == b"POST /p HTTP/1.1\r\nHost: 127.0.0.1:9\r\nA: b\r\nContent-Length: 2\r\n\r\n"
+        assert pool.head("/p", {"A": "b"}, 2) == (b"POST /p HTTP/1.1\r\nHost: 127.0.0.1:9\r\nAccept-Encoding: identity\r\n"
+                                                  b"A: b\r\nContent-Length: 2\r\n\r\n")
         with pytest.raises(ValueError, match="not an http"):
             Pool("ftp://host/v1", idle_timeout_s=1)
         assert Pool("https://example.org/v1", idle_timeout_s=1).authority == "example.org"

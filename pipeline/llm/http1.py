@@ -11,7 +11,8 @@ What it does: plain HTTP or TLS (asyncio's SSL transport), keep-alive connection
 endpoint (LIFO, dropped when the server closes them), a request on a pooled connection that the
 server had already closed is sent once more on a fresh one (nothing of it was processed), the
 longest silence bounded per exchange by one watch timer per pool (`idle_timeout_s`). What it
-does not: proxies, redirects, compression (no Accept-Encoding is sent), pipelining.
+does not: proxies, redirects, compression (every request asks for `Accept-Encoding: identity`; a
+compressed answer anyway is refused by name, not parsed as garbage), pipelining.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from .errors import ConnectionCut, IdleTimeout
+from .errors import ConnectionCut, IdleTimeout, RequestError
 
 
 class _StaleConnection(ConnectionCut):
@@ -115,8 +116,13 @@ class _Connection(asyncio.Protocol):
             ex.framed = True
 
     def on_headers_complete(self) -> None:
-        assert self.exchange is not None
-        self.exchange.status = self.parser.get_status_code()
+        ex = self.exchange
+        assert ex is not None
+        ex.status = self.parser.get_status_code()
+        coding = next((v for k, v in ex.headers if k.lower() == "content-encoding"), "identity").strip().lower()
+        if coding != "identity":  # raised through the parser: data_received fails the exchange
+            raise RequestError(f"the server answered with Content-Encoding {coding!r} although asked for identity "
+                               "(a proxy that compresses?): compressed responses are not read", self.pool.authority)
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
@@ -204,7 +210,8 @@ class Pool:
 
     def head(self, path: str, headers: dict[str, str], length: int, method: str = "POST") -> bytes:
         """The request line and headers of a request with `length` bytes of body to `path`."""
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.authority}", *(f"{k}: {v}" for k, v in headers.items()),
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.authority}", "Accept-Encoding: identity",
+                 *(f"{k}: {v}" for k, v in headers.items()),
                  *([f"Content-Length: {length}"] if length or method == "POST" else []), "", ""]
         text = "\r\n".join(lines)
         if any(c in v for v in headers.values() for c in "\r\n") or any(c in k for k in headers for c in "\r\n:"):
