@@ -162,9 +162,10 @@ class Converter:
             finally:
                 admission.release()
 
-        async def take(item: Sample | Rejected, hashing: asyncio.Future[list[str] | None] | None) -> None:
-            early = item if isinstance(item, Rejected) else (
-                validate_sample(item) or self._screen(item, await hashing if hashing is not None else None))
+        async def take(item: Sample | Rejected, early: Rejected | None,
+                       hashing: asyncio.Future[list[str] | None] | None) -> None:
+            if early is None and isinstance(item, Sample):
+                early = self._screen(item, await hashing if hashing is not None else None)
             if early is not None:
                 record(early)  # unreadable, invalid, duplicate and contaminated rows cost no model call
                 await asyncio.sleep(0)  # let the workers and the progress display run between such rows
@@ -177,10 +178,11 @@ class Converter:
         # The image hashes the screening needs are read SCREEN_AHEAD rows ahead, in worker threads,
         # and taken in input order: one thread round trip per row through a busy event loop
         # (~20 ms) held admission to ~50 rows a second, below what 4+4 replicas consume.
-        ahead: deque[tuple[Sample | Rejected, asyncio.Future[list[str] | None] | None]] = deque()
+        ahead: deque[tuple[Sample | Rejected, Rejected | None, asyncio.Future[list[str] | None] | None]] = deque()
         for item in open_source(self.cfg):
             counters.read += 1
-            ahead.append((item, self._hashing(item)))
+            early = item if isinstance(item, Rejected) else validate_sample(item)
+            ahead.append((item, early, None if early is not None else self._hashing(item)))
             if len(ahead) >= SCREEN_AHEAD:
                 await take(*ahead.popleft())
         while ahead:
@@ -188,13 +190,12 @@ class Converter:
         while tasks:
             await asyncio.gather(*list(tasks))
 
-    def _hashing(self, item: Sample | Rejected) -> asyncio.Future[list[str] | None] | None:
-        """The row's image hashes, being read in a thread, where the screening will need them."""
-        if (self.dedup is None and self.decontam is None) or isinstance(item, Rejected) \
-                or not item.images or not item.question or validate_sample(item) is not None:
+    def _hashing(self, sample: Sample) -> asyncio.Future[list[str] | None] | None:
+        """A valid row's image hashes, being read in a thread, where the screening will need them."""
+        if (self.dedup is None and self.decontam is None) or not sample.images or not sample.question:
             return None
         return asyncio.get_running_loop().run_in_executor(
-            None, file_hashes, self.roots, item.images, self.cfg.images.max_file_bytes)
+            None, file_hashes, self.roots, sample.images, self.cfg.images.max_file_bytes)
 
     def _screen(self, sample: Sample, hashes: list[str] | None) -> Rejected | None:
         """Duplicates and benchmark contamination, decided in input order (stable under resume)."""
