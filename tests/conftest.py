@@ -68,3 +68,14 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float =
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def serve_app(app: Any, **runner_kw: Any) -> tuple[Any, str]:
+    """Start an aiohttp app on a free loopback port: (its runner, to `cleanup()`; its /v1 base URL)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, **runner_kw)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"

@@ -17,6 +17,8 @@ from pipeline.llm.completion import IncompleteStream, StreamAssembler
 from pipeline.simulator import SimConfig, SimServer
 from pipeline.stages import Stages, StageRejected
 
+from .conftest import serve_app
+
 PROMPT = [{"role": "user", "content": "Looking closely, the decisive detail for the question is 7. Question: what is it?"}]
 
 
@@ -396,11 +398,7 @@ def test_endpoint_check_names_a_refusing_status_and_a_non_model_answer(store, mo
     async def main(handler):
         app = web.Application()
         app.router.add_get("/v1/models", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        runner, url = await serve_app(app)
         try:
             await _check(EndpointConfig(url=url, model="r1"))
         finally:

@@ -15,6 +15,8 @@ from pipeline.llm.errors import ConnectionCut, IdleTimeout
 from pipeline.llm.http1 import Pool
 from pipeline.llm.transport import Connection, stream_chat
 
+from .conftest import serve_app
+
 USAGE = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
 
 
@@ -48,11 +50,7 @@ class CountingServer:
     async def __aenter__(self):
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.handler)
-        self.runner = web.AppRunner(app, keepalive_timeout=self.keepalive_timeout)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        self.runner, self.url = await serve_app(app, keepalive_timeout=self.keepalive_timeout)
         return self
 
     async def __aexit__(self, *exc):
@@ -101,7 +99,30 @@ def test_a_pooled_connection_the_server_closed_is_replaced_without_error_or_a_se
     assert len(peers) == 2 and peers[0] != peers[1]  # each request reached the server once
 
 
-class RaceServer:
+class TCPServer:
+    """A bare asyncio server on a free loopback port, for answers aiohttp's server would never write."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        raise NotImplementedError
+
+    @staticmethod
+    async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, dict]:
+        """One request: its head and its JSON body (read by Content-Length)."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        return head, json.loads(await reader.readexactly(length))
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+
+class RaceServer(TCPServer):
     """Keeps the first connection open after its first answer, then closes it on the next request
     without a byte of reply: the race where a server drops an idle keep-alive connection just as
     the client sends on it."""
@@ -113,10 +134,7 @@ class RaceServer:
         self.connections += 1
         first = self.connections == 1
         for n in range(2 if first else 1):
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
-            text = json.loads(await reader.readexactly(length))["messages"][0]["content"]
+            text = (await self.read_request(reader))[1]["messages"][0]["content"]
             if first and n == 1:
                 writer.close()
                 return
@@ -124,14 +142,6 @@ class RaceServer:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
         await asyncio.sleep(5)
-
-    async def __aenter__(self):
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
 
 
 def test_a_pooled_connection_closed_as_the_request_goes_out_is_retried_once_on_a_fresh_one():
@@ -151,7 +161,7 @@ def test_a_fresh_connection_closed_without_a_reply_is_not_retried_by_the_pool():
         _raw(b"")
 
 
-class RawServer:
+class RawServer(TCPServer):
     """Answers every connection with fixed bytes (then closes it, or not): responses aiohttp's
     server would never write."""
 
@@ -159,10 +169,7 @@ class RawServer:
         self.reply, self.close, self.requests = reply, close, 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-        self.body = json.loads(await reader.readexactly(length))
-        self.head = head
+        self.head, self.body = await self.read_request(reader)
         self.requests += 1
         writer.write(self.reply)
         await writer.drain()
@@ -170,14 +177,6 @@ class RawServer:
             writer.close()
         else:
             await asyncio.sleep(30)
-
-    async def __aenter__(self):
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
 
 
 def _raw(reply: bytes, close: bool = True, idle: float = 5):

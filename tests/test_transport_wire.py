@@ -14,6 +14,8 @@ from pipeline.config import EndpointConfig
 from pipeline.llm.errors import ConnectionCut, IdleTimeout, StatusError, StreamError, is_retryable, retry_after_seconds
 from pipeline.llm.transport import Connection, stream_chat
 
+from .conftest import serve_app
+
 
 def _event(obj) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
@@ -69,11 +71,7 @@ class WireServer:
     async def __aenter__(self):
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.handler)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        self.runner, self.url = await serve_app(app)
         return self
 
     async def __aexit__(self, *exc):
