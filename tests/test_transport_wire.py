@@ -12,9 +12,12 @@ from aiohttp import web
 
 from pipeline.config import EndpointConfig
 from pipeline.llm.errors import ConnectionCut, IdleTimeout, StatusError, StreamError, is_retryable, retry_after_seconds
+from pipeline.llm import transport
 from pipeline.llm.transport import Connection, stream_chat
 
 from .conftest import serve_app
+
+pytestmark = pytest.mark.usefixtures("each_event_loop")  # every case on asyncio and on uvloop
 
 
 def _event(obj) -> bytes:
@@ -115,6 +118,45 @@ def test_crlf_comments_fields_and_a_last_event_without_blank_line(piece):
     out = run(body, piece=piece)
     assert out["choices"][0]["message"]["content"] == EXPECTED
     assert out["usage"] == USAGE
+
+
+@pytest.mark.parametrize("batch", [1, 37, 300])
+@pytest.mark.parametrize("piece", [1, 5, 64])
+def test_events_parsed_in_batches_of_any_size_assemble_the_same_completion(monkeypatch, batch, piece):
+    # The reader holds reads until PARSE_BATCH_BYTES; batch edges may fall inside an event, a field
+    # or a CRLF, and an error event may wait in a batch: none of it may change what comes out.
+    monkeypatch.setattr(transport, "PARSE_BATCH_BYTES", batch)
+    crlf = _body(reasoning=True).replace(b"\n", b"\r\n")
+    out = run(b": keep-alive\r\n\r\n" + crlf, piece=piece)
+    assert out["choices"][0]["message"]["content"] == EXPECTED
+    assert out["choices"][0]["message"]["reasoning_content"] == "think hard" and out["usage"] == USAGE
+    long = b"".join(_event(_chunk({"content": f"t{i} "})) for i in range(2000))  # ~230 KB: many batches
+    head = _event(_chunk({"role": "assistant", "content": ""})) + long
+    out = run(head + _event(_chunk({"content": ""}, "stop")) + b"data: [DONE]\n\n", piece=4096)
+    assert out["choices"][0]["message"]["content"] == "".join(f"t{i} " for i in range(2000))
+    with pytest.raises(StreamError, match="engine died"):
+        run(head + _event({"error": {"message": "engine died", "code": 500}}) + b"data: [DONE]\n\n", piece=4096)
+
+
+def test_a_long_stream_is_held_in_bounded_batches(monkeypatch):
+    # What the reader holds unparsed never grows past one batch plus one read.
+    seen = []
+    orig = transport.EventReader._parse
+
+    def parse(self):
+        seen.append(self.held_bytes)
+        orig(self)
+
+    monkeypatch.setattr(transport.EventReader, "_parse", parse)
+    body = (_event(_chunk({"role": "assistant", "content": ""})) + b"".join(_event(_chunk({"content": "x"}))
+                                                                        for _ in range(3000))
+            + _event(_chunk({}, "stop")) + b"data: [DONE]\n\n")
+    reader = transport.EventReader("test")
+    for i in range(0, len(body), 1000):
+        reader.feed(body[i:i + 1000])
+    assert reader.result()["choices"][0]["message"]["content"] == "x" * 3000
+    assert len(seen) == len(body) // transport.PARSE_BATCH_BYTES + 1  # full batches, then the rest at the end
+    assert max(seen) < transport.PARSE_BATCH_BYTES + 1000
 
 
 def test_multi_line_data_fields_are_joined_with_newlines():

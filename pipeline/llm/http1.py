@@ -5,7 +5,8 @@ which resumed through the caller's whole coroutine stack (runner -> stage -> cli
 nine frames) to take ~1 event from the body; ~40 us of Python per read, most of the client's CPU
 at one read per event. Here `data_received` parses the bytes (httptools: llhttp, the parser
 uvicorn uses, status line, headers and chunked framing in C) and passes each read's body to the
-caller's `on_body` right there; the task sleeps until the response has ended.
+caller's `on_body` right there (which holds it, cheaply: see transport.EventReader); the task
+sleeps until the response has ended.
 
 What it does: plain HTTP or TLS (asyncio's SSL transport), keep-alive connections pooled per
 endpoint (LIFO, dropped when the server closes them), a request on a pooled connection that the
@@ -59,7 +60,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
-        self.pieces: list[bytes] = []  # 2xx body bytes of the read being parsed
         self.open = True
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -77,11 +77,6 @@ class _Connection(asyncio.Protocol):
             ex.outgoing.clear()  # answered: never sent again, so not held (the transport has its copy)
         try:
             self.parser.feed_data(data)
-            if self.pieces:
-                # One call per read, however many chunks it held: the caller parses its events together.
-                body = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
-                self.pieces.clear()
-                ex.on_body(body)
         except httptools.HttpParserCallbackError as exc:
             self.fail(exc.__context__ or exc)
         except httptools.HttpParserError as exc:
@@ -127,15 +122,14 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
         assert ex is not None
-        (self.pieces if 200 <= ex.status < 300 else ex.body).append(body)
+        if 200 <= ex.status < 300:
+            ex.on_body(body)  # may raise (a refused stream): the parser wraps it, data_received fails the exchange
+        else:
+            ex.body.append(body)
 
     def on_message_complete(self) -> None:
         ex = self.exchange
         assert ex is not None
-        if self.pieces:
-            body = b"".join(self.pieces)
-            self.pieces.clear()
-            ex.on_body(body)  # may raise: data_received fails the exchange
         self.exchange = None
         keep = self.parser.should_keep_alive()
         self._finish(ex)
