@@ -13,7 +13,6 @@ whichever shard has a request waiting, and no replica gets more than its max_con
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import eventloop
 from .build_config import BuildConfig, DatasetSpec
 from .config import ConvertConfig
 from .dedup import normalise_question
@@ -144,7 +144,7 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
     cfg = ConvertConfig.model_validate(spec.config)
     schedulers = shard_schedulers(spec, cfg)
     try:
-        manifest = asyncio.run(Converter(cfg, schedulers=schedulers).run())
+        manifest = eventloop.run(Converter(cfg, schedulers=schedulers).run(), cfg.event_loop)
     finally:  # a Ray broker's lease owner is this attempt: it ends here, whatever happened
         for sched in schedulers.values():
             sched.close()

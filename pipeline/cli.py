@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import typer
+# numpy (imported by pyarrow) starts an OpenBLAS thread pool whose threads spin for a while after
+# start: ~0.1 s of CPU per converter. Nothing here does linear algebra; a caller's setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import typer  # noqa: E402
 from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
+from . import eventloop
 from .config import ConvertConfig, SourceFormat, load_config
 from .llm import EndpointCheckFailed
 
@@ -30,7 +35,7 @@ def run_convert(cfg: ConvertConfig) -> dict[str, Any]:
     from .runner import Converter
 
     try:
-        return asyncio.run(Converter(cfg).run())
+        return eventloop.run(Converter(cfg).run(), cfg.event_loop)
     except EndpointCheckFailed as exc:
         _fail(str(exc))
     except ValueError as exc:
@@ -263,11 +268,11 @@ def simulate(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with SimConfig fields."),
 ) -> None:
     """Serve a SIMULATED OpenAI-compatible endpoint (for tests and dry runs only)."""
-    import yaml
+    from . import yamlfile
 
     from .simulator import SimConfig, SimServer
 
-    data = yaml.safe_load(config.read_text()) if config else {}
+    data = yamlfile.safe_load(config.read_text()) if config else {}
     data.setdefault("role", role)
     data.setdefault("models", model)
     sim = SimServer(SimConfig.model_validate(data), host=host, port=port)

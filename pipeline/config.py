@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from . import yamlfile
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SourceFormat = Literal["llava-cot", "mulberry", "jsonl", "parquet", "hf", "sharegpt"]
@@ -273,6 +273,8 @@ class ConvertConfig(_Strict):
 
     max_in_flight: int | None = Field(None, ge=1)  # samples in flight; None = derived from concurrency
     verify_workers: int = Field(1, ge=1)  # processes for answer checking (math-verify is CPU-bound)
+    # The converter's event loop: "auto" = uvloop when installed (a dependency on Linux and macOS), else asyncio.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     shard_rows: int = Field(5000, ge=1)
     cache_path: Path | None = None  # response store; defaults to <out>/.state/responses.sqlite
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -282,6 +284,12 @@ class ConvertConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ConvertConfig":
+        if self.event_loop == "uvloop":
+            from .eventloop import uvloop_available
+
+            if not uvloop_available():
+                raise ValueError("event_loop is 'uvloop' but uvloop is not installed (pip install uvloop, "
+                                 "or use 'auto' or 'asyncio')")
         if self.max_in_flight is None:
             # Enough samples that every slot of every replica of both roles stays busy while others
             # wait between stages (before the URLs are known a role counts as one replica).
@@ -353,7 +361,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     """Read an optional YAML file, apply dotted-key overrides (None values ignored), validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        loaded = yamlfile.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: the config file must hold a mapping")
         data = loaded

@@ -26,6 +26,21 @@ def start_sims(vlm: dict[str, Any] | None = None, reasoner: dict[str, Any] | Non
     return v, r
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def each_event_loop(request):
+    """Runs the test once on asyncio's loop and once on uvloop's (pipeline/eventloop.py picks
+    uvloop where installed): `asyncio.run` inside the test gets that loop."""
+    import asyncio
+
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield request.param
+    finally:
+        asyncio.set_event_loop_policy(None)
+
+
 @pytest.fixture
 def sims():
     v, r = start_sims(reasoner={"wrong_rate": 0.2})

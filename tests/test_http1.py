@@ -17,6 +17,8 @@ from pipeline.llm.transport import Connection, stream_chat
 
 from .conftest import serve_app
 
+pytestmark = pytest.mark.usefixtures("each_event_loop")  # every case on asyncio and on uvloop
+
 USAGE = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
 
 

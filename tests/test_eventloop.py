@@ -1,0 +1,51 @@
+"""The converter's event loop: uvloop where installed (auto), asyncio's on request, and a config
+that names uvloop without it installed fails before anything runs."""
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline import eventloop
+from pipeline.config import ConvertConfig
+from pipeline.finished import config_fingerprint
+
+uvloop = pytest.importorskip("uvloop")
+
+
+async def _loop_type():
+    return type(asyncio.get_running_loop())
+
+
+def test_auto_runs_on_uvloop_and_asyncio_on_request():
+    assert eventloop.run(_loop_type(), "auto") is uvloop.Loop
+    assert eventloop.run(_loop_type(), "uvloop") is uvloop.Loop
+    assert not issubclass(eventloop.run(_loop_type(), "asyncio"), uvloop.Loop)
+
+
+def test_auto_falls_back_to_asyncio_without_uvloop(monkeypatch):
+    monkeypatch.setattr(eventloop, "uvloop_available", lambda: False)
+    assert not issubclass(eventloop.run(_loop_type(), "auto"), uvloop.Loop)
+
+
+def test_each_event_loop_fixture_gives_the_loop_it_names(each_event_loop):
+    # The transport tests rely on this fixture to run on both loops.
+    assert issubclass(asyncio.run(_loop_type()), uvloop.Loop) is (each_event_loop == "uvloop")
+
+
+def test_naming_uvloop_without_it_installed_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(eventloop, "uvloop_available", lambda: False)
+    with pytest.raises(ValidationError, match="uvloop is not installed"):
+        ConvertConfig(event_loop="uvloop")
+    assert ConvertConfig(event_loop="auto").event_loop == "auto"
+    with pytest.raises(ValidationError):
+        ConvertConfig(event_loop="trio")
+
+
+def test_the_loop_does_not_change_what_a_finished_run_is():
+    # Same outputs either way: re-running a finished run on the other loop sends nothing.
+    a = ConvertConfig(event_loop="asyncio").model_dump(mode="json")
+    b = ConvertConfig(event_loop="auto").model_dump(mode="json")
+    assert config_fingerprint(a) == config_fingerprint(b)
+    c = ConvertConfig(hint_answer=True).model_dump(mode="json")
+    assert config_fingerprint(a) != config_fingerprint(c)
