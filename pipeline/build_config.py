@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
+from . import yamlfile
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import ColumnMapping, ConvertConfig, ShareGptMapping, SourceFormat
@@ -77,5 +77,5 @@ class BuildConfig(_Strict):
 
 
 def load_build_config(path: Path | str) -> BuildConfig:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = yamlfile.safe_load(Path(path).read_text()) or {}
     return BuildConfig.model_validate(data)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import yaml
+from . import yamlfile
 
 from .linescan import (FOLDS_TO_ASCII, WATCH, Shape, breaks_pattern, check_trigger, pieces, shape, split,
                        template_literals, window_end)
@@ -197,7 +197,7 @@ class ModalityRewriter:
         self.name = name
         self._pattern_cache: dict[tuple[str, tuple[str, ...]], _QuestionPatterns] = {}
         self.sha256 = hashlib.sha256(text.encode()).hexdigest()
-        data = yaml.safe_load(text)
+        data = yamlfile.safe_load(text)
         macros = dict(data.get("macros") or {})
         # A dropped sentence takes its trailing spaces with it, so no double space is left behind.
         self.drops = [_compile(p, macros, r"[ \t]*") for p in data.get("drop_sentences") or []]

@@ -13,7 +13,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
+from . import yamlfile
 
 from .prompts import DEFAULT_PROMPT_DIR
 
@@ -28,7 +28,7 @@ _GENERIC_OPENERS = (re.escape("<|"), "<｜")
 
 @lru_cache(maxsize=4)
 def _load(directory: str) -> tuple[re.Pattern[str], tuple[str, ...] | None]:
-    data = yaml.safe_load((Path(directory) / TOKENS_FILE).read_text(encoding="utf-8"))
+    data = yamlfile.safe_load((Path(directory) / TOKENS_FILE).read_text(encoding="utf-8"))
     listed = [t for key in ("qwen2_5_vl", "deepseek_r1") for t in data.get(key) or []]
     generic = list(data.get("generic") or [])
     # Longest first, so a token is never cut by a shorter one that is its prefix.

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .. import yamlfile
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -48,6 +48,6 @@ class SFTRunConfig(BaseModel):
 
 
 def load_sft_config(path: Path | None, overrides: dict[str, Any]) -> SFTRunConfig:
-    data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {} if path else {}
+    data: dict[str, Any] = yamlfile.safe_load(Path(path).read_text()) or {} if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     return SFTRunConfig.model_validate(data)
