@@ -126,6 +126,28 @@ def test_hint_leak_does_not_flag_ordinary_reasoning():
     assert HintLeakFilter()(trace(reasoning=GOOD + "\nI have given this enough thought; the answer is B.")) is True
 
 
+@pytest.mark.parametrize("text,said", [
+    ("Since the REFERENCE Answer is B, it fits.", "REFERENCE Answer"),
+    ("Hmm, I WAS TOLD the answer already.", "I WAS TOLD"),
+    ("Using the hint (×2 scale), the answer is B.", "the hint"),  # not ASCII: the IGNORECASE path
+    ("Using the hinT (×2 scale).", "the hinT"),
+    ("We are told that the answer is 4 — fine.", "We are told that the answer"),
+    ("The given  correct\nanswer is C.", "given  correct\nanswer"),
+    ("Nothing hinted here; the hints of colour show the answer is B.", None),  # "hinted", "hints": other words
+    ("I was toldly misled; the answer keys are elsewhere", None),
+    ("The ſhint of a circle.", None),  # a long s is no "the hint"
+    ("Ｔhe hint", None),  # a fullwidth T: not a word boundary before "he hint" either
+    ("", None),
+])
+def test_hint_mentions_are_found_as_written_on_both_paths(text, said):
+    from pipeline.filters.rules import _HINT, hint_mention
+
+    assert hint_mention(text) == said
+    # The fast (lower-cased ASCII) path and the IGNORECASE one agree wherever the text is ASCII.
+    m = _HINT.search(text)
+    assert (m.group(0) if m else None) == said
+
+
 @pytest.mark.parametrize("description,leaks", [
     ("A white plate holds one long, curved, yellow fruit with a green stem.", False),
     ("The plate holds a banana. The correct answer is B.", True),

@@ -208,12 +208,26 @@ class ConsistencyFilter(Filter):
         return Drop("inconsistent", f"reasoning concludes {stated[:60]!r} but outputs {t.pred[:60]!r}")
 
 
-_HINT = re.compile(
+# Written in lower case: the same pattern runs with IGNORECASE, and without it over lower-cased
+# ASCII text (~3x faster: the engine can skip ahead to the letters an alternative starts with).
+_HINT_SOURCE = (
     r"\b(?:reference\s+answer|(?:given|provided|expected|supplied)\s+(?:correct\s+)?answer|"
-    r"answer\s+(?:was|is)\s+(?:given|provided|supplied)|the\s+answer\s+provided|(?:the|a)\s+hint|I\s+was\s+told|"
-    r"(?:we|I)\s+(?:are|am)\s+told\s+(?:that\s+)?the\s+answer|the\s+answer\s+key)\b",
-    re.IGNORECASE,
+    r"answer\s+(?:was|is)\s+(?:given|provided|supplied)|the\s+answer\s+provided|(?:the|a)\s+hint|i\s+was\s+told|"
+    r"(?:we|i)\s+(?:are|am)\s+told\s+(?:that\s+)?the\s+answer|the\s+answer\s+key)\b"
 )
+_HINT = re.compile(_HINT_SOURCE, re.IGNORECASE)
+_HINT_LOWER = re.compile(_HINT_SOURCE)
+
+
+def hint_mention(text: str) -> str | None:
+    """The words by which `text` reveals it was handed the answer, as written, or None."""
+    if text.isascii():
+        # ASCII only: lower() keeps every index and folds case as IGNORECASE does (outside ASCII,
+        # IGNORECASE also folds e.g. the Kelvin sign and the long s, which lower() does not).
+        m = _HINT_LOWER.search(text.lower())
+        return None if m is None else text[m.start():m.end()]
+    m = _HINT.search(text)
+    return None if m is None else m.group(0)
 
 
 class HintLeakFilter(Filter):
@@ -222,7 +236,7 @@ class HintLeakFilter(Filter):
     name = "hint_leak"
 
     def filter(self, t: Trace) -> FilterResult:
-        m = _HINT.search(t.reasoning) or _HINT.search(t.final_text)
-        if m:
-            return Drop("hint_leak", f"mentions being given the answer: {m.group(0)!r}")
+        said = hint_mention(t.reasoning) or hint_mention(t.final_text)
+        if said:
+            return Drop("hint_leak", f"mentions being given the answer: {said!r}")
         return KEEP
