@@ -227,7 +227,8 @@ def measure(cmd: list[str], env: dict, log: Path, busy: bool) -> dict:
         spinner.wait()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # The main process's share, as last seen (up to 0.25 s before it ended): the rest went to its workers.
-    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak, "t0": t0, "t1": t1,
+    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": cpu, "cpu_sys_s": after.ru_stime - before.ru_stime,
+            "peak_rss_bytes": peak, "t0": t0, "t1": t1,
             "main_cpu_s": seen.get(proc.pid, float("nan")), "thread_cpu_s": threads}
 
 
@@ -327,6 +328,7 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
         "first_request_after_s": round(min(starts) - m["t0"], 2) if starts else None,
         "exit_after_last_response_s": round(m["t1"] - max(ends), 2) if ends else None,
         "client_cpu_ms_per_sample": round(1000 * m["cpu_s"] / n, 1),
+        "client_cpu_ms_per_sample_in_kernel": round(1000 * m["cpu_sys_s"] / n, 1),  # socket and file I/O
         "client_main_process_cpu_ms_per_sample": round(1000 * m["main_cpu_s"] / n, 1),
         "client_main_process_thread_cpu_s": {k: round(v, 2) for k, v in m["thread_cpu_s"].items()},
         # CPU seconds of each simulator process during the run (the servers' own cost, not the client's).
