@@ -153,7 +153,7 @@ def test_symlink_loop_is_a_reject(root):
     assert exc.value.reason == "image_missing"
 
 
-def test_dedup_hashes_follow_the_same_roots(root, tmp_path):
+def test_dedup_hashes_follow_the_same_roots(root, tmp_path, monkeypatch):
     datasets = tmp_path / "datasets"
     datasets.mkdir()
     Image.new("RGB", (4, 4), "blue").save(datasets / "x.png")
@@ -163,7 +163,8 @@ def test_dedup_hashes_follow_the_same_roots(root, tmp_path):
     assert hashes == [load_image(ImageRoots.of(root, [datasets]), p, ImageConfig()).file_sha256
                       for p in ("x.png", "sub/ok.png")]
     assert file_hashes(root, ["sub/ok.png"], max_file_bytes=10) is None
-    # Read in 64 KB pieces: a file of several pieces and a partial last one hashes as a whole read.
+    # Read in pieces: a file of several pieces and a partial last one hashes as a whole read.
+    monkeypatch.setattr(images_mod, "HASH_PIECE_BYTES", 65536)
     big = os.urandom(3 * 65536 + 1234)
     (root / "big.bin").write_bytes(big)
     assert file_hashes(root, ["big.bin"]) == [hashlib.sha256(big).hexdigest()]
