@@ -197,6 +197,12 @@ class ModelClient:
         except RequestError as exc:
             self.stats.failed += 1
             raise RequestFailed("request_failed", f"{self.role}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        finally:
+            # tenacity keeps the run's state on the retrying object (the call state, which points
+            # back at it, statistics, the iteration's actions): ~40 objects in reference cycles per
+            # request, left to the cyclic GC, whose pauses then stalled the loop ~0.2 s at a time on
+            # 1,200-sample runs. The object is ours and used up: emptying it frees them at once.
+            retrying.__dict__.clear()
         raise AssertionError("unreachable")
 
     def _wait(self, retry_state) -> float:

@@ -39,7 +39,7 @@ class Exchange:
     __slots__ = ("on_body", "future", "status", "headers", "body", "last", "responded", "framed", "conn",
                  "outgoing")
 
-    def __init__(self, on_body: Callable[[bytes], None], future: asyncio.Future[Exchange], now: float):
+    def __init__(self, on_body: Callable[[bytes], None], future: asyncio.Future[None], now: float):
         self.on_body = on_body
         self.future = future
         self.status = 0
@@ -159,7 +159,7 @@ class _Connection(asyncio.Protocol):
     def _finish(self, ex: Exchange) -> None:
         self.pool.active.discard(ex)
         if not ex.future.done():
-            ex.future.set_result(ex)
+            ex.future.set_result(None)  # not the exchange: it holds the future (a cycle per request for the GC)
 
     def fail(self, exc: BaseException) -> None:
         """End the current exchange with `exc`; the connection is not reusable."""
@@ -241,7 +241,8 @@ class Pool:
             self._watching()
             conn.start(ex, head, outgoing)
             try:
-                return await ex.future
+                await ex.future
+                return ex
             except _StaleConnection:
                 if reused and attempt == 0 and outgoing:
                     continue  # the server had closed it while it sat in the pool: nothing was processed
