@@ -9,6 +9,7 @@ same on both loops (the transport tests run on each).
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
@@ -30,7 +31,22 @@ def loop_factory(name: EventLoopName = "auto") -> Callable[[], asyncio.AbstractE
     return uvloop.new_event_loop
 
 
+# A conversion allocates container objects by the million (stream events, records) and frees
+# them by reference counting (tests/test_client.py checks that a request leaves no cycle); at the
+# default threshold (700) the cyclic GC ran ~450 young and ~40 middle collections on a 1,200-sample
+# run that found nothing, ~0.8 s of CPU on the event loop's thread.
+GC_YOUNG_THRESHOLD = 10_000
+
+
 def run(coro: Coroutine[Any, Any, T], name: EventLoopName = "auto") -> T:
-    """`asyncio.run` on the chosen loop."""
-    with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
-        return runner.run(coro)
+    """`asyncio.run` on the chosen loop, with the GC set for a conversion: what the imports built
+    is frozen (never scanned again) and young collections come less often; both undone after."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *before[1:])
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
+            return runner.run(coro)
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

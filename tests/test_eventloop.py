@@ -49,3 +49,17 @@ def test_the_loop_does_not_change_what_a_finished_run_is():
     assert config_fingerprint(a) == config_fingerprint(b)
     c = ConvertConfig(hint_answer=True).model_dump(mode="json")
     assert config_fingerprint(a) != config_fingerprint(c)
+
+
+def test_a_run_sets_the_gc_for_a_conversion_and_restores_it():
+    import gc
+
+    before = gc.get_threshold()
+
+    async def inside():
+        return gc.get_threshold(), gc.get_freeze_count()
+
+    threshold, frozen = eventloop.run(inside())
+    assert threshold[0] == eventloop.GC_YOUNG_THRESHOLD and threshold[1:] == before[1:]
+    assert frozen > 0  # the imports' objects are not scanned during the run
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
