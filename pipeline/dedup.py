@@ -56,11 +56,18 @@ def file_hashes(roots: ImageRoots | Path, raws: list[str], max_file_bytes: int =
 
 class Deduplicator:
     def __init__(self) -> None:
-        self._seen: dict[str, str] = {}
+        # Every row's key is kept for the whole run: as a 128-bit int (44 bytes; the hex string was
+        # 113), the index grows ~150 bytes a row with its id instead of ~220 (100K rows: ~15 MB).
+        self._seen: dict[int, str] = {}
+
+    @staticmethod
+    def key(image_hashes: list[str], question: str) -> int:
+        digest = hashlib.sha256(json.dumps([sorted(image_hashes), normalise_question(question)]).encode()).digest()
+        return int.from_bytes(digest[:16], "big")  # 128 bits: no accidental collision at any dataset size
 
     def check(self, sample_id: str, image_hashes: list[str], question: str) -> str | None:
         """Returns the id of the earlier row this one duplicates, or None (and remembers it)."""
-        key = hashlib.sha256(json.dumps([sorted(image_hashes), normalise_question(question)]).encode()).hexdigest()
+        key = self.key(image_hashes, question)
         first = self._seen.get(key)
         if first is None:
             self._seen[key] = sample_id

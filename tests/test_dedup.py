@@ -140,3 +140,20 @@ def test_generic_benchmark_question_rejects_only_the_row_with_the_benchmark_imag
     assert "bench.jsonl:1" in contaminated[0]["detail"]
     assert sent == 2 * 3  # the three other rows went through the VLM (pseudo-CoT + description)
     assert manifest["counts"]["kept"] + manifest["counts"]["rejected"] == manifest["counts"]["read"] == 4
+
+
+def test_deduplicator_finds_the_first_row_and_keeps_a_compact_index():
+    import sys
+
+    from pipeline.dedup import Deduplicator
+
+    d = Deduplicator()
+    a, b = "a" * 64, "b" * 64
+    assert d.check("row-1", [a, b], "How many circles are there?") is None
+    # Same images in another order, the same question up to case and spacing: a duplicate of row-1.
+    assert d.check("row-2", [b, a], "how many  circles are there?") == "row-1"
+    assert d.check("row-3", [a], "How many circles are there?") is None  # other images
+    assert d.check("row-4", [a, b], "How many squares are there?") is None  # other question
+    assert d.check("row-5", [a], "How many circles are there?") == "row-3"
+    # The index holds one small int key per distinct row (kept for the whole run: 100K rows).
+    assert len(d._seen) == 3 and all(isinstance(k, int) and sys.getsizeof(k) <= 44 for k in d._seen)
