@@ -42,11 +42,14 @@ def run(coro: Coroutine[Any, Any, T], name: EventLoopName = "auto") -> T:
     """`asyncio.run` on the chosen loop, with the GC set for a conversion: what the imports built
     is frozen (never scanned again) and young collections come less often; both undone after."""
     before = gc.get_threshold()
-    gc.freeze()
+    ours = gc.get_freeze_count() == 0  # a caller that froze objects itself keeps them frozen after
+    if ours:
+        gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *before[1:])
     try:
         with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
             return runner.run(coro)
     finally:
         gc.set_threshold(*before)
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()

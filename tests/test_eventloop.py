@@ -63,3 +63,15 @@ def test_a_run_sets_the_gc_for_a_conversion_and_restores_it():
     assert threshold[0] == eventloop.GC_YOUNG_THRESHOLD and threshold[1:] == before[1:]
     assert frozen > 0  # the imports' objects are not scanned during the run
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_a_run_leaves_a_callers_own_frozen_objects_frozen():
+    import gc
+
+    gc.freeze()
+    try:
+        held = gc.get_freeze_count()
+        eventloop.run(_loop_type())
+        assert gc.get_freeze_count() >= held  # not unfrozen by the run
+    finally:
+        gc.unfreeze()
