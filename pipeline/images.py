@@ -11,20 +11,22 @@ output, so a Pillow/zlib/libjpeg upgrade does not invalidate a resumable run.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
 import math
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pybase64
 from PIL import ExifTags, Image, ImageOps
 
 from .config import ConvertConfig, ImageConfig
 from .image_files import IMAGES_DIR, content_addressed_path, images_dir, write_content_addressed
+from .llm.dataurl import DataUrl
 
 # Bump when the transform or the encoder settings change pixels: it is part of every request key
 # of a transformed image (the key of an image sent as it is on disk does not depend on it).
@@ -39,8 +41,10 @@ _SENDABLE = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
 _PLAIN_MODES = {"RGB", "L", "P", "1"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
-# Chunks by which a PNG may carry an orientation that Pillow only sees after a full decode (after IDAT).
-_PNG_ORIENTATION_MARKERS = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp")
+# PNG chunks that can carry an orientation, which Pillow only sees after a full decode when they come
+# after IDAT: eXIf, and text chunks by these keywords (EXIF as hex text; XMP's tiff:Orientation).
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_PNG_ORIENTATION_KEYS = (b"Raw profile type exif", b"XML:com.adobe.xmp")
 _ORIENTATION = ExifTags.Base.Orientation
 
 
@@ -58,7 +62,7 @@ class EncodedImage:
     file_sha256: str  # hash of the bytes on disk
     cache_key: str  # request-key part: file hash + transform parameters (never encoder output)
     # The data URL as ASCII bytes: written into request bodies as it is (pipeline/llm/transport.py
-    # splices it in; no 0.5 MB copy per request). b"" once the VLM stages are done with it.
+    # splices it in; no 0.5 MB copy per request), carrying cache_key. b"" once the VLM stages are done with it.
     data_url: bytes
     width: int  # as sent
     height: int
@@ -186,13 +190,30 @@ def _complete(fmt: str, data: bytes) -> bool:
     if fmt == "WEBP":
         return len(data) >= 8 + int.from_bytes(data[4:8], "little")  # RIFF size
     if fmt == "PNG":
-        try:
-            with Image.open(io.BytesIO(data)) as again:
-                again.verify()  # every chunk's CRC up to IEND, without inflating the pixels
-        except Exception:
-            return False
-        return True
+        return _png_scan(data)[0]
     return False
+
+
+def _png_scan(data: bytes) -> tuple[bool, bool]:
+    """(whole, may_rotate) of a PNG, read chunk by chunk without inflating it: whole when every chunk's
+    CRC is right up to IEND (what Pillow's open + verify() check); may_rotate when a chunk can carry an
+    orientation. (Searching the bytes for the markers cost 0.3 ms per 370 KB PNG; Pillow's verify 0.1.)"""
+    view = memoryview(data)
+    pos, end = 8, len(data)
+    may_rotate = False
+    while pos + 12 <= end:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        stop = pos + 8 + length
+        if stop + 4 > end or zlib.crc32(view[pos + 4:stop]) != int.from_bytes(data[stop:stop + 4], "big"):
+            return False, True  # cut short or damaged: the decode decides
+        if kind == b"eXIf" or (kind in _PNG_TEXT_CHUNKS
+                               and data[pos + 8:min(stop, pos + 88)].split(b"\0", 1)[0] in _PNG_ORIENTATION_KEYS):
+            may_rotate = True
+        if kind == b"IEND":
+            return True, may_rotate
+        pos = stop + 4
+    return False, True
 
 
 def _orientation(img: Image.Image) -> int:
@@ -207,9 +228,8 @@ def _orientation(img: Image.Image) -> int:
 def _header_orientation(probe: Image.Image, data: bytes) -> int | None:
     """EXIF orientation known without decoding; None when only a decode can tell."""
     if probe.format == "PNG":
-        # Pillow's PNG getexif() decodes the whole image to look for late chunks: search the bytes instead
-        # (a chance match in compressed data only costs a decode).
-        return None if any(m in data for m in _PNG_ORIENTATION_MARKERS) else 1
+        # Pillow's PNG getexif() decodes the whole image to look for late chunks: read the chunk list instead.
+        return None if _png_scan(data)[1] else 1
     return _orientation(probe)
 
 
@@ -219,8 +239,8 @@ def _as_is(probe: Image.Image, data: bytes, cfg: ImageConfig) -> bool:
             and probe.mode in _PLAIN_MODES and "transparency" not in probe.info
             and (probe.format == "MPO" or not getattr(probe, "is_animated", False))
             and _fit_max_pixels(probe.width, probe.height, cfg.max_pixels) == probe.size
-            and _header_orientation(probe, data) == 1
-            and _complete(probe.format, data))
+            and (_png_scan(data) == (True, False) if probe.format == "PNG"
+                 else _header_orientation(probe, data) == 1 and _complete(probe.format, data)))
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -293,8 +313,8 @@ def transform_key(file_sha256: str, transforms: list[str], codec: str | None) ->
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
-def _data_url(subtype: str, payload: bytes) -> bytes:
-    return b"data:image/%s;base64,%s" % (subtype.encode("ascii"), base64.b64encode(payload))
+def _data_url(subtype: str, payload: bytes, key: str) -> DataUrl:
+    return DataUrl.encode(subtype, payload, key)
 
 
 def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Path | None = None) -> EncodedImage:
@@ -314,8 +334,9 @@ def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Pa
                     )
                 fmt = probe.format
                 if _as_is(probe, data, cfg):
-                    return EncodedImage(raw, path, file_sha, transform_key(file_sha, [], None),
-                                        _data_url(_SENDABLE[fmt], data), width, height, path, [])
+                    key = transform_key(file_sha, [], None)
+                    return EncodedImage(raw, path, file_sha, key, _data_url(_SENDABLE[fmt], data, key),
+                                        width, height, path, [])
                 target = _fit_max_pixels(width, height, cfg.max_pixels)  # in stored orientation
                 if fmt in ("JPEG", "MPO") and target != (width, height):
                     # Decode a big JPEG at 1/2, 1/4 or 1/8 scale (never below the target): far less work.
@@ -340,8 +361,9 @@ def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Pa
         img = img.resize(target, Image.Resampling.BICUBIC)
     if not transforms and fmt in _SENDABLE:
         # Decoded only to be sure (trailing bytes, a possible late EXIF chunk): nothing to change.
-        return EncodedImage(raw, path, file_sha, transform_key(file_sha, [], None),
-                            _data_url(_SENDABLE[fmt], data), img.width, img.height, path, [])
+        key = transform_key(file_sha, [], None)
+        return EncodedImage(raw, path, file_sha, key, _data_url(_SENDABLE[fmt], data, key),
+                            img.width, img.height, path, [])
     if not transforms:
         transforms.append(f"format:{fmt}")  # GIF, BMP, TIFF...: not every server takes them
     codec = _codec(fmt, data, cfg)
@@ -351,8 +373,9 @@ def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Pa
     # without one, relative to the output folder that relative_to_out is later given.
     where = images_dir(Path(out_dir)).absolute() if out_dir is not None else Path(IMAGES_DIR)
     trainer = content_addressed_path(sent, where, ext)
-    return EncodedImage(raw, path, file_sha, transform_key(file_sha, transforms, codec), _data_url(codec, sent),
-                        img.width, img.height, trainer, transforms)
+    key = transform_key(file_sha, transforms, codec)
+    return EncodedImage(raw, path, file_sha, key, _data_url(codec, sent, key), img.width, img.height, trainer,
+                        transforms)
 
 
 def load_images(raws: list[str], roots: ImageRoots, cfg: ImageConfig, out_dir: Path) -> list[EncodedImage]:
@@ -369,7 +392,7 @@ def write_trainer_files(images: list[EncodedImage], out_dir: Path) -> None:
         if not im.transforms:
             continue
         target = _trainer_file(im, out_dir)
-        payload = base64.b64decode(im.data_url.split(b",", 1)[1])
+        payload = pybase64.b64decode(im.data_url.split(b",", 1)[1])
         written = write_content_addressed(payload, target.parent, target.suffix)
         assert written == target, (written, target)
 

@@ -25,12 +25,25 @@ def options_listed(question: str, options: list[Option]) -> bool:
 class QuestionRenderer:
     def __init__(self, prompts: PromptLibrary, name: str = "question.v1"):
         self.template: PromptTemplate = prompts.get(name)
+        # A row's question is rendered for each stage's prompt, the trace and the kept record (~40 us
+        # each): kept per (sample, with_context), the sample held so that its id is not reused.
+        self._rendered: dict[tuple[int, bool], tuple[Sample, str]] = {}
 
     @property
     def tag(self) -> str:
         return self.template.tag
 
     def _render(self, sample: Sample, with_context: bool) -> str:
+        key = (id(sample), with_context)
+        if (hit := self._rendered.get(key)) is not None and hit[0] is sample:
+            return hit[1]
+        if len(self._rendered) > 4096:
+            self._rendered.clear()
+        text = self._render_now(sample, with_context)
+        self._rendered[key] = (sample, text)
+        return text
+
+    def _render_now(self, sample: Sample, with_context: bool) -> str:
         options = [] if not sample.options or options_listed(sample.question, sample.options) else sample.options
         context = [t.model_dump() for t in sample.context] if with_context else []
         return self.template.template.render(question=sample.question.strip(), options=[o.model_dump() for o in options],

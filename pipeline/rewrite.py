@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from . import yamlfile
+from . import diskcache, linescan, yamlfile
 
 from .linescan import (FOLDS_TO_ASCII, WATCH, Shape, breaks_pattern, check_trigger, pieces, shape, split,
                        template_literals, window_end)
@@ -162,6 +163,38 @@ class _Plan:
     residue: frozenset[int]
 
 
+_PLAN_CACHE = "rewrite-plans"
+
+
+def _analysis_code() -> bytes:
+    """What a plan depends on besides the rules file: the analysis (this module, linescan.py) and
+    the re module's parser it reads (the Python version)."""
+    return Path(__file__).read_bytes() + Path(linescan.__file__).read_bytes() + sys.version.encode()
+
+
+def _plan_to_json(plan: _Plan) -> dict:
+    return {"words": list(plan.words), "sure": sorted(plan.sure), "breaks": plan.breaks,
+            "keep": [sorted(k) for k in plan.keep], "drops": [sorted(d) for d in plan.drops],
+            "rules": sorted(plan.rules), "residue": sorted(plan.residue)}
+
+
+def _plan_from_json(data: object, trigger: re.Pattern[str], words: tuple[str, ...]) -> _Plan | None:
+    """The stored plan, or None when it is not one for these trigger words (or malformed)."""
+    def ids(value: object) -> frozenset[int]:
+        if not isinstance(value, list) or not all(type(i) is int and 0 <= i < len(words) for i in value):
+            raise ValueError
+        return frozenset(value)
+
+    try:
+        if not isinstance(data, dict) or tuple(data["words"]) != words or not isinstance(data["breaks"], str):
+            return None
+        return _Plan(trigger=trigger, words=words, sure=ids(data["sure"]), breaks=data["breaks"],
+                     keep=tuple(ids(k) for k in data["keep"]), drops=tuple(ids(d) for d in data["drops"]),
+                     rules=ids(data["rules"]), residue=ids(data["residue"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _words_for(patterns: Sequence[re.Pattern[str]], words: Sequence[str], sure: frozenset[int]) -> frozenset[int]:
     """Words one of which every match of each pattern holds. All of them do (every match holds a
     trigger match, which holds one); fewer are tried: those whose parts appear in the patterns, less
@@ -224,8 +257,19 @@ class ModalityRewriter:
         self.plan: _Plan | None = None
         if data.get("trigger"):
             if (plan := _PLANS.get(self.sha256)) is None:
-                plan = _PLANS[self.sha256] = self._plan(path, data["trigger"], macros)
+                plan = _PLANS[self.sha256] = self._stored_plan(path, data["trigger"], macros)
             self.plan = plan
+
+    def _stored_plan(self, path: Path, spec: dict, macros: dict[str, str]) -> _Plan:
+        """_plan's result, from the disk cache when this rules file was analysed before by this code
+        (the analysis costs ~0.1 s at every start; only a file that passed it is stored)."""
+        key = diskcache.key_of(self.sha256, _analysis_code())
+        if (plan := _plan_from_json(diskcache.load(_PLAN_CACHE, key), _compile(spec["pattern"], macros),
+                                    tuple(str(w).lower() for w in spec.get("words") or []))) is not None:
+            return plan
+        plan = self._plan(path, spec, macros)
+        diskcache.save(_PLAN_CACHE, key, _plan_to_json(plan))
+        return plan
 
     def _plan(self, path: Path, spec: dict, macros: dict[str, str]) -> _Plan:
         """Only pieces of a text holding a trigger match are scanned: fail here if that could change a result."""

@@ -237,7 +237,9 @@ class Converter:
                 if verdict == "invalid" and self.cfg.judge.drop_invalid:
                     return Rejected.of(sample, stage, "judge_invalid", judge_response.strip()[:500])
             # Transformed images are written (once, content-addressed) only for kept records.
-            rel = await asyncio.to_thread(kept_image_paths, images, self.out)
+            # Only transformed images have a file to write (in a thread); paths alone cost less than the hop.
+            rel = (await asyncio.to_thread(kept_image_paths, images, self.out) if any(im.transforms for im in images)
+                   else kept_image_paths(images, self.out))
             return kept_record(
                 sample, stages.question.turn(sample), images, rel, outputs, chosen, k_correct, verdict, judge_response,
                 models={"vlm": self.cfg.vlm.model or "", "reasoner": self.cfg.reasoner.model or ""},

@@ -90,8 +90,8 @@ class Stages:
 
     async def _vlm(self, stage: str, sample: Sample, images: list[EncodedImage], text: str) -> ChatResult:
         result = await self.vlm.chat(
+            # Each data URL (llm.DataUrl) carries its image's cache_key into the request key.
             _vlm_messages(images, text), stage=stage, priority=PRIORITY[stage], order=sample.index,
-            image_hashes={im.data_url: im.cache_key for im in images},
         )
         # The VLM's text is carried into the next prompt (pseudo-CoT -> description -> reasoning,
         # previous description -> no-leak retry): its special tokens would break a real server.

@@ -26,6 +26,13 @@ def start_sims(vlm: dict[str, Any] | None = None, reasoner: dict[str, Any] | Non
     return v, r
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_disk_cache(tmp_path_factory):
+    """The disk cache (pipeline/diskcache.py) of the tests and the processes they start, not the user's."""
+    os.environ["COLDSTART_CACHE_DIR"] = str(tmp_path_factory.mktemp("coldstart-cache"))
+    yield
+
+
 @pytest.fixture(params=["asyncio", "uvloop"])
 def each_event_loop(request):
     """Runs the test once on asyncio's loop and once on uvloop's (pipeline/eventloop.py picks

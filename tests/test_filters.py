@@ -1,11 +1,14 @@
 """Rule filters fed hand-written traces shaped like real R1 output (long, with self-corrections)."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from pipeline.filters import Drop, FilterChain, Trace
 from pipeline.filters.leaks import answer_leak
 from pipeline.filters.rules import (ConsistencyFilter, DegenerateFilter, FormatFilter, HintLeakFilter, LanguageFilter,
-                                    LengthFilter)
+                                    LengthFilter, lower_words)
 from pipeline.verify.options import parse_options
 
 MC_Q = "Which fruit is on the plate?\nA. apple\nB. banana\nC. orange\nD. pear"
@@ -71,6 +74,34 @@ def test_degenerate_filter_catches_loops_repeats_and_empty():
     assert f(trace()) is True
 
 
+@pytest.mark.parametrize("text", [
+    (Path(__file__).parent / "fixtures" / "rewrite" / "r1_trend_trace.txt").read_text(encoding="utf-8"),
+    "ÀÉÎ naïve café, 25°C ×3 ÷ 2² = µm ª º ½; NBSP\xa0here\x85there_x don't STOP\tnow\x1c\x1fend",
+    "Straße İstanbul ſ K Ω 你好 mixed: not Latin-1, the regex path",
+    "", "   ", "a_b__c 123abc ABC-def",
+])
+def test_lower_words_are_the_regex_words(text):
+    words = lower_words(text)
+    assert [w.decode("latin-1") if isinstance(w, bytes) else w for w in words] == re.findall(r"\w+", text.lower())
+
+
+@pytest.mark.parametrize("text,stated", [
+    # A real R1 trace (fixtures/rewrite/README.md) that concludes with "So B best describes the trend".
+    ((Path(__file__).parent / "fixtures" / "rewrite" / "r1_trend_trace.txt").read_text(encoding="utf-8"), []),
+    ("Hmm, THE ANSWER IS NOT C. So it must be B, since 25°C.\nTherefore, it's (D).\nI'll Choose: option (B).",
+     ["B", "D)", "B)"]),
+    ("À la fin, THE FINAL ANSWER SHOULD BE: **B**; I will go with B", ["B**", "B"]),
+    ("The answer is ×2 — so it is B. ſo it is C. I Select: A", ["×2 — so it is B", "C", "A"]),  # beyond Latin-1
+    ("Thus,it is B\nHENCE IT HAS TO BE 4 because of the scale.", ["B", "4 because of the scale"]),
+])
+def test_conclusions_are_found_alike_on_both_paths(text, stated):
+    from pipeline.filters.rules import _CONCLUDES, conclusions
+
+    found = [(m.span(), text[m.start("x"):m.end("x")]) for m in conclusions(text)]
+    assert [x for _, x in found] == stated
+    assert found == [(m.span(), m.group("x")) for m in _CONCLUDES.finditer(text) if not m.group("neg")]
+
+
 def test_length_bounds():
     f = LengthFilter(min_tokens=200, max_tokens=2000)
     assert reason_of(f(trace(tokens=150))) == "too_short"
@@ -129,7 +160,10 @@ def test_hint_leak_does_not_flag_ordinary_reasoning():
 @pytest.mark.parametrize("text,said", [
     ("Since the REFERENCE Answer is B, it fits.", "REFERENCE Answer"),
     ("Hmm, I WAS TOLD the answer already.", "I WAS TOLD"),
-    ("Using the hint (×2 scale), the answer is B.", "the hint"),  # not ASCII: the IGNORECASE path
+    ("Using the hint (×2 scale), the answer is B.", "the hint"),  # beyond Latin-1: the IGNORECASE path
+    ("At 25°C, À PROPOS: the Hint says B.", "the Hint"),  # Latin-1: the lower-cased path
+    ("ÉTHE HINT and éthe hint", None),  # É/é are word characters: no word boundary before "the"
+    ("Café\xa0i\xa0was\xa0told so", "i\xa0was\xa0told"),  # a no-break space is whitespace to both
     ("Using the hinT (×2 scale).", "the hinT"),
     ("We are told that the answer is 4 — fine.", "We are told that the answer"),
     ("The given  correct\nanswer is C.", "given  correct\nanswer"),
@@ -143,7 +177,7 @@ def test_hint_mentions_are_found_as_written_on_both_paths(text, said):
     from pipeline.filters.rules import _HINT, hint_mention
 
     assert hint_mention(text) == said
-    # The fast (lower-cased ASCII) path and the IGNORECASE one agree wherever the text is ASCII.
+    # The fast (lower-cased Latin-1) path and the IGNORECASE one agree.
     m = _HINT.search(text)
     assert (m.group(0) if m else None) == said
 

@@ -347,6 +347,13 @@ def test_an_image_data_url_is_spliced_into_the_body_byte_for_byte_as_json_would_
     assert request_body({"a": "no bytes"}) == [orjson.dumps({"a": "no bytes"})]
     with pytest.raises(ValueError, match="ASCII without quotes"):
         request_body({"url": b'data:x","injected":"1'})
+    # An image's DataUrl (base64 by construction, not checked again per request): the same bytes.
+    from pipeline.llm.dataurl import DataUrl
+
+    image = DataUrl.encode("png", os.urandom(300_000), "k")
+    assert image.startswith(b"data:image/png;base64,")
+    parts = request_body({"url": image})
+    assert any(p is image for p in parts) and b"".join(parts) == orjson.dumps({"url": image.decode()})
 
 
 def test_the_server_reads_the_spliced_image_as_the_json_string_it_was():

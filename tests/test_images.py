@@ -8,10 +8,12 @@ import io
 import json
 import os
 import threading
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageOps, ImageStat
+from PIL import Image, ImageChops, ImageFile, ImageOps, ImageStat
 
 import pipeline.images as images_mod
 from pipeline.config import ConvertConfig, ImageConfig
@@ -261,7 +263,7 @@ def test_animated_png_sends_its_first_frame(root):
 
 
 def test_unchanged_images_are_never_decoded(root, monkeypatch):
-    from PIL import ImageFile, WebPImagePlugin
+    from PIL import WebPImagePlugin
 
     for name, fmt in (("a.png", "PNG"), ("a.jpg", "JPEG"), ("a.webp", "WEBP")):
         _photo((300, 200)).save(root / name, format=fmt)
@@ -290,6 +292,64 @@ def test_png_with_eXIf_orientation_is_not_sent_as_is(root):
     upright.save(root / "norot.png", exif=exif)
     same = load_image(root, "norot.png", ImageConfig())
     assert same.transforms == [] and sent_bytes(same) == (root / "norot.png").read_bytes()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def _with_late_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """The PNG with one more chunk after its pixels (just before IEND), where Pillow only finds it on a decode."""
+    assert png[-12:-8] == b"\x00\x00\x00\x00" and png[-8:-4] == b"IEND"
+    return png[:-12] + _png_chunk(kind, body) + png[-12:]
+
+
+_XMP_ROTATED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("kind,body,turned", [
+    # ImageMagick-style EXIF as hex text; XMP's tiff:Orientation (both read by Pillow's getexif()).
+    (b"tEXt", None, 6),
+    (b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + _XMP_ROTATED, 8),
+    # The same words in another chunk's text, or a comment's: no orientation, the original bytes go.
+    (b"tEXt", b"Comment\x00eXIf Raw profile type exif XML:com.adobe.xmp", None),
+    (b"zTXt", b"Software\x00\x00" + zlib.compress(b"XML:com.adobe.xmp"), None),
+])
+def test_png_orientation_in_a_late_text_chunk(root, kind, body, turned):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    if body is None:
+        body = b"Raw profile type exif\x00" + (f"\nexif\n{len(raw):8d}\n{raw.hex()}").encode()
+    upright = _photo((40, 20))
+    buf = io.BytesIO()
+    upright.save(buf, "PNG")
+    (root / "late.png").write_bytes(_with_late_chunk(buf.getvalue(), kind, body))
+    im = load_image(root, "late.png", ImageConfig())
+    if turned is None:
+        assert im.transforms == [] and sent_bytes(im) == (root / "late.png").read_bytes()
+    else:
+        assert im.transforms == [f"exif_orientation:{turned}"]
+        assert same_pixels(sent_pixels(im), ImageOps.exif_transpose(Image.open(root / "late.png")))
+
+
+def test_a_png_with_a_damaged_chunk_is_decoded_not_sent_blindly(root, monkeypatch):
+    buf = io.BytesIO()
+    _photo((40, 20)).save(buf, "PNG")
+    good = buf.getvalue()
+    (root / "good.png").write_bytes(good)
+    assert images_mod._png_scan(good) == (True, False)
+    bad_crc = good[:-16] + bytes([good[-16] ^ 1]) + good[-15:]  # the last IDAT's CRC
+    assert images_mod._png_scan(bad_crc)[0] is False and images_mod._png_scan(good[:-5])[0] is False
+    assert images_mod._png_scan(good[:40] + b"\xff\xff\xff\xff" + good[44:])[0] is False  # a length past the end
+    decoded = []
+    real = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.format) or real(self))
+    assert load_image(root, "good.png", ImageConfig()).transforms == [] and decoded == []
+    (root / "crc.png").write_bytes(bad_crc)
+    load_image(root, "crc.png", ImageConfig())
+    assert decoded and set(decoded) == {"PNG"}  # the decode decides (this one decodes: the pixels are intact)
 
 
 # ---- sent as a person sees it ------------------------------------------------------------------
@@ -455,6 +515,30 @@ def test_key_does_not_change_when_the_encoder_would(root, monkeypatch):
         assert after[n].cache_key == before[n].cache_key, n  # ...the request key did not
 
 
+def test_request_keys_take_the_image_key_not_the_bytes_sent(root, monkeypatch):
+    import pickle
+
+    from pipeline.llm import canonical_messages, request_key
+    from pipeline.stages import _vlm_messages
+
+    _half_transparent("RGBA", (200, 30, 30, 255), (0, 0, 0, 0)).resize((256, 256)).save(root / "t.png")
+    before = load_image(root, "t.png", ImageConfig())
+    monkeypatch.setattr(images_mod, "PNG_COMPRESS_LEVEL", 9)
+    after = load_image(root, "t.png", ImageConfig())
+
+    def key(url: bytes) -> str:
+        return request_key("m", canonical_messages(_vlm_messages([replace(before, data_url=url)], "q?"), {}), {})
+
+    assert after.data_url != before.data_url and key(after.data_url) == key(before.data_url)
+    image_part = canonical_messages(_vlm_messages([before], "q?"), {})[0]["content"][0]
+    assert image_part == {"type": "image", "sha256": before.cache_key}
+    plain = bytes(before.data_url)  # a data URL made elsewhere, without a key: keyed by its bytes
+    assert canonical_messages(_vlm_messages([replace(before, data_url=plain)], "q?"), {})[0]["content"][0] == \
+        {"type": "image", "sha256": hashlib.sha256(plain).hexdigest()}
+    copied = pickle.loads(pickle.dumps(before.data_url))  # as a Ray shard would get it
+    assert copied == before.data_url and copied.key == before.cache_key and key(copied) == key(before.data_url)
+
+
 def test_key_changes_with_what_is_sent(root):
     _photo((200, 100)).save(root / "a.png")
     _photo((200, 100)).rotate(180).save(root / "b.png")
@@ -557,9 +641,10 @@ def test_convert_sends_what_a_person_sees_and_keeps_it_for_the_trainer(tmp_path,
     monkeypatch.setattr(runner_mod, "load_images",
                         lambda *a: loop_threads.append(threading.current_thread()) or real_load(*a))
     at_keep = []  # the images a kept sample still holds when its record is written
+    # Writing a transformed image is image work; the paths of untransformed ones are not (no thread hop).
     monkeypatch.setattr(runner_mod, "kept_image_paths",
-                        lambda *a: loop_threads.append(threading.current_thread()) or at_keep.extend(a[0])
-                        or real_keep(*a))
+                        lambda *a: (any(im.transforms for im in a[0]) and loop_threads.append(threading.current_thread()))
+                        or at_keep.extend(a[0]) or real_keep(*a))
 
     vlm = RecordingSim(SimConfig(role="vlm", models=[VLM_MODEL], slots=8)).start()
     reasoner = SimServer(SimConfig(role="reasoner", models=[R1_MODEL], slots=8)).start()

@@ -25,6 +25,18 @@ def test_column_options_are_listed_after_the_question():
     assert R.turn(s) == "Find the measure of angle 1.\nChoices:\nA. 57\nB. 113\nC. 123"
 
 
+def test_a_rendered_question_is_kept_per_sample_and_never_served_for_another():
+    r = QuestionRenderer(PromptLibrary())
+    s = Sample(index=0, id="x", source="t", question="Find the measure of angle 1.", options=OPTS)
+    first = r.prompt(s)
+    assert r.prompt(s) is first and r.turn(s) == first  # no earlier turns: the same text
+    other = s.model_copy(update={"question": "Find the measure of angle 2."})
+    assert "angle 2" in r.prompt(other) and r.prompt(s) is first
+    for i in range(5000):  # bounded: old entries go
+        r.turn(Sample(index=i, id=str(i), source="t", question=f"Q{i}?"))
+    assert len(r._rendered) <= 4097 and r.turn(s) == first
+
+
 def test_options_already_in_the_question_are_not_listed_twice():
     # Mulberry's real layout: "Choices:\nA: 57\n..." inside the question (parsed by the reader).
     q = ("Based on the image, directly select the correct answer for the following question:\n"

@@ -16,6 +16,39 @@ if TYPE_CHECKING:
     from ..verify.pool import VerifierPool
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+# `\w+` over lower-cased text in one pass for text within Latin-1 (nearly every trace): each byte
+# maps to its lower case if a word character, else to a space; split() then gives the same words
+# as the regex (as bytes, which count and compare alike), ~4x faster.
+_LATIN1_WORDS = bytes(ord(c.lower()) if _WORD.fullmatch(c) else 32 for c in map(chr, range(256)))
+_LATIN1_LOWER = bytes(ord(chr(i).lower()) for i in range(256))  # Latin-1's lower case stays in Latin-1
+
+
+def latin1_lower(text: str) -> str | None:
+    """`text.lower()` for text within Latin-1 (one C pass; str.lower() goes character by character
+    once a text holds any non-ASCII one, a degree sign say), else None."""
+    try:
+        return text.encode("latin-1").translate(_LATIN1_LOWER).decode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+def _within_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def lower_words(text: str) -> list[str] | list[bytes]:
+    """The word runs (regex `\\w+`) of `text.lower()`: bytes for Latin-1 text, else str."""
+    try:
+        raw = text.encode("latin-1")
+    except UnicodeEncodeError:
+        return _WORD.findall(text.lower())
+    return raw.translate(_LATIN1_WORDS).split()
+
+
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]{2,}")
 
 
@@ -47,7 +80,7 @@ class DegenerateFilter(Filter):
         self.ngram, self.min_ratio = ngram, min_distinct_ngram_ratio
 
     def filter(self, t: Trace) -> FilterResult:
-        words = _WORD.findall(t.reasoning.lower())
+        words = lower_words(t.reasoning)
         if len(words) < self.min_words:
             return Drop("degenerate", f"near-empty reasoning: {len(words)} words < {self.min_words}")
         lines = Counter(l.strip() for l in t.reasoning.splitlines() if len(l.strip()) >= 20)
@@ -90,6 +123,8 @@ class LanguageFilter(Filter):
 
     def filter(self, t: Trace) -> FilterResult:
         if self.language == "en":
+            if _within_latin1(t.reasoning):
+                return KEEP  # no CJK character in it (the scan below costs ~0.1 ms a trace)
             allowed = set(_CJK.findall(t.question + "\n" + t.description))  # quoted text from the image is fine
             foreign = [run for run in _CJK.findall(t.reasoning) if not any(run in a or a in run for a in allowed)]
             if foreign:
@@ -103,14 +138,26 @@ class LanguageFilter(Filter):
 
 
 # A conclusion the reasoning states; "not"/"cannot" forms are skipped ("the answer is not C, so it must be B").
-_CONCLUDES = re.compile(
+# Written in lower case: run with IGNORECASE, or without it over lower-cased Latin-1 text (~2x faster).
+_CONCLUDES_SOURCE = (
     r"(?:the\s+(?:final\s+|correct\s+|right\s+)?(?:answer|option|choice)\s+(?:is|should\s+be|would\s+be|must\s+be)"
     r"|(?:so|thus|therefore|hence)?,?\s*(?:it|this)\s+(?:must|should|has\s+to)\s+be"
     r"|(?:so|thus|therefore|hence),?\s*(?:it's|it\s+is)"
-    r"|I(?:\s+will|'ll)?\s+(?:choose|pick|go\s+with|select))"
-    r"\s*[:：]?\s*(?P<neg>not\b|n't\b|never\b)?\s*(?:option\s+|choice\s+)?\**\(?(?P<x>[^\n]+?)(?=[.!?;,](?:\s|$)|\n|$)",
-    re.IGNORECASE,
+    r"|i(?:\s+will|'ll)?\s+(?:choose|pick|go\s+with|select))"
+    r"\s*[:：]?\s*(?P<neg>not\b|n't\b|never\b)?\s*(?:option\s+|choice\s+)?\**\(?(?P<x>[^\n]+?)(?=[.!?;,](?:\s|$)|\n|$)"
 )
+_CONCLUDES = re.compile(_CONCLUDES_SOURCE, re.IGNORECASE)
+_CONCLUDES_LOWER = re.compile(_CONCLUDES_SOURCE)
+
+
+def conclusions(text: str) -> list[re.Match[str]]:
+    """The stated conclusions (not negated) in `text`, in order; spans index `text` (the match
+    may be over its lower-cased copy: take groups by span)."""
+    low = latin1_lower(text)
+    found = _CONCLUDES.finditer(text) if low is None else _CONCLUDES_LOWER.finditer(low)
+    return [m for m in found if m.start("neg") < 0]
+
+
 _ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
 _ORDINAL = re.compile(r"\bthe\s+(first|second|third|fourth|fifth|sixth|seventh|eighth|last)\s+(?:option|choice)\b",
                       re.IGNORECASE)
@@ -153,11 +200,11 @@ class ConsistencyFilter(Filter):
     def stated_conclusion(self, reasoning: str, options: list[Option] | None = None) -> str | None:
         tail = _ordinals_to_letters(reasoning[-self.tail_chars:], [o.letter for o in options or []])
         boxed_or_tagged = extract_final_answer(tail)
-        matches = [m for m in _CONCLUDES.finditer(tail) if not m.group("neg")]
+        matches = conclusions(tail)
         if matches:
             # Whichever comes last in the text is the conclusion the model settled on.
             last = matches[-1]
-            phrase = re.split(r"\s+(?:because|since|as)\b", last.group("x"), maxsplit=1)[0]
+            phrase = re.split(r"\s+(?:because|since|as)\b", tail[last.start("x"):last.end("x")], maxsplit=1)[0]
             if boxed_or_tagged is not None and tail.rfind(boxed_or_tagged) > last.start():
                 return boxed_or_tagged
             return phrase
@@ -221,10 +268,11 @@ _HINT_LOWER = re.compile(_HINT_SOURCE)
 
 def hint_mention(text: str) -> str | None:
     """The words by which `text` reveals it was handed the answer, as written, or None."""
-    if text.isascii():
-        # ASCII only: lower() keeps every index and folds case as IGNORECASE does (outside ASCII,
-        # IGNORECASE also folds e.g. the Kelvin sign and the long s, which lower() does not).
-        m = _HINT_LOWER.search(text.lower())
+    if (low := latin1_lower(text)) is not None:
+        # Within Latin-1, lower() keeps every index and folds case as IGNORECASE does for this
+        # pattern's ASCII letters (beyond Latin-1, IGNORECASE also takes e.g. the Kelvin sign and
+        # the long s for k and s, which lower() does not).
+        m = _HINT_LOWER.search(low)
         return None if m is None else text[m.start():m.end()]
     m = _HINT.search(text)
     return None if m is None else m.group(0)

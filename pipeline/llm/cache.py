@@ -42,6 +42,8 @@ from typing import Any, Literal
 
 import orjson
 
+from .dataurl import DataUrl
+
 log = logging.getLogger("coldstart.store")
 
 _SCHEMA = """
@@ -71,7 +73,10 @@ def canonical_messages(messages: list[dict[str, Any]], image_hashes: dict[Any, s
             for part in content:
                 if part.get("type") == "image_url":
                     url = part["image_url"]["url"]
-                    # A data URL is str or ASCII bytes (images.EncodedImage); either hashes the same.
+                    if type(url) is DataUrl:  # it carries its key (looking up 0.5 MB of bytes hashes them)
+                        parts.append({"type": "image", "sha256": url.key})
+                        continue
+                    # A data URL is str or ASCII bytes; either hashes the same.
                     raw = url if isinstance(url, bytes) else url.encode()
                     parts.append({"type": "image", "sha256": image_hashes.get(url) or hashlib.sha256(raw).hexdigest()})
                 else:
