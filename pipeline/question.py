@@ -34,6 +34,7 @@ class QuestionRenderer:
         return self.template.tag
 
     def _render(self, sample: Sample, with_context: bool) -> str:
+        with_context = with_context and bool(sample.context)  # the same text without earlier turns
         key = (id(sample), with_context)
         if (hit := self._rendered.get(key)) is not None and hit[0] is sample:
             return hit[1]

@@ -189,6 +189,11 @@ def test_hint_mentions_are_found_as_written_on_both_paths(text, said):
     ("Answering the question, the answer is banana.", True),
     ("There are five options listed below the plate: A to D.", False),
     ("The correct option is (B) because the fruit is curved.", True),
+    # Any case, any script: the cheap "names none of answer/option/choice" exit must not hide one.
+    ("À 25°C the plate holds a banana. THE CORRECT ANSWER IS B.", True),
+    ("The plate holds a banana; the anſwer is B.", True),  # a long s: IGNORECASE reads it as s
+    ("Le plat (25°C) tient une banane jaune.", False),
+    ("A banana, 黄色的 fruit, on a plate.", False),
 ])
 def test_answer_leak_in_description(description, leaks):
     result = answer_leak(description, "B", OPTS)

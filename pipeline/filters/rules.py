@@ -11,43 +11,10 @@ from ..records import Option
 from ..verify.compare import MathQuery, _default_math, plan_agree, resolve
 from ..verify.extract import extract_final_answer
 from . import KEEP, Drop, Filter, FilterResult, Trace
+from .text import latin1_lower, lower_words, within_latin1
 
 if TYPE_CHECKING:
     from ..verify.pool import VerifierPool
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-# `\w+` over lower-cased text in one pass for text within Latin-1 (nearly every trace): each byte
-# maps to its lower case if a word character, else to a space; split() then gives the same words
-# as the regex (as bytes, which count and compare alike), ~4x faster.
-_LATIN1_WORDS = bytes(ord(c.lower()) if _WORD.fullmatch(c) else 32 for c in map(chr, range(256)))
-_LATIN1_LOWER = bytes(ord(chr(i).lower()) for i in range(256))  # Latin-1's lower case stays in Latin-1
-
-
-def latin1_lower(text: str) -> str | None:
-    """`text.lower()` for text within Latin-1 (one C pass; str.lower() goes character by character
-    once a text holds any non-ASCII one, a degree sign say), else None."""
-    try:
-        return text.encode("latin-1").translate(_LATIN1_LOWER).decode("latin-1")
-    except UnicodeEncodeError:
-        return None
-
-
-def _within_latin1(text: str) -> bool:
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def lower_words(text: str) -> list[str] | list[bytes]:
-    """The word runs (regex `\\w+`) of `text.lower()`: bytes for Latin-1 text, else str."""
-    try:
-        raw = text.encode("latin-1")
-    except UnicodeEncodeError:
-        return _WORD.findall(text.lower())
-    return raw.translate(_LATIN1_WORDS).split()
-
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]{2,}")
 
@@ -123,7 +90,7 @@ class LanguageFilter(Filter):
 
     def filter(self, t: Trace) -> FilterResult:
         if self.language == "en":
-            if _within_latin1(t.reasoning):
+            if within_latin1(t.reasoning):
                 return KEEP  # no CJK character in it (the scan below costs ~0.1 ms a trace)
             allowed = set(_CJK.findall(t.question + "\n" + t.description))  # quoted text from the image is fine
             foreign = [run for run in _CJK.findall(t.reasoning) if not any(run in a or a in run for a in allowed)]

@@ -78,7 +78,20 @@ def option_by_text(text: str, options: list[Option]) -> Option | None:
     return None
 
 
+# A row's gold is read for the answer check, the consistency check and the kept record (~80 us each).
+_PARSED: dict[tuple[str, tuple[tuple[str, str], ...]], Gold] = {}
+
+
 def parse_gold(gold: str, options: list[Option]) -> Gold:
+    key = (gold, tuple((o.letter, o.text) for o in options))
+    if (hit := _PARSED.get(key)) is None:
+        if len(_PARSED) > 8192:
+            _PARSED.clear()
+        hit = _PARSED[key] = _parse_gold(gold, options)
+    return hit
+
+
+def _parse_gold(gold: str, options: list[Option]) -> Gold:
     text = clean(gold)
     letters = {o.letter for o in options}
     if (lt := split_letter(text, letters)) is not None:
