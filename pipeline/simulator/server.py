@@ -374,7 +374,7 @@ class SimServer:
         if (err := self._auth_error(request)) is not None:
             self.status_counts[401] += 1
             return err
-        body = await request.json()
+        body = await request.json(loads=orjson.loads)  # a VLM request holds a 0.5 MB base64 image
         model = body.get("model")
         if model not in self.config.models:
             self.status_counts[404] += 1
