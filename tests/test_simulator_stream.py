@@ -143,3 +143,45 @@ def test_one_engine_paces_64_streams_at_their_nominal_service_time(interval):
     # by a step or a busy event loop's lag) and never less.
     assert min(over) > -0.01, over
     assert statistics.median(over) < 0.1 and max(over) < 0.4, over
+
+
+def test_coldstart_simulate_serves_streams_from_its_own_process(tmp_path):
+    """`coldstart simulate` (how the benchmark runs its servers) serves from its own process: health,
+    a streamed completion assembled whole, and the stats."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    import yaml
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text(yaml.safe_dump({"role": "reasoner", "models": ["r1"], "slots": 4, "stream_interval": 3}))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "simulate", "--config", str(cfg), "--port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(base + "/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError(f"no health: {proc.stderr.read().decode() if proc.poll() is not None else ''}")
+        events = asyncio.run(_events(base + "/v1"))
+        asm = StreamAssembler()
+        for _, data in events:
+            if data != b"[DONE]":
+                asm.feed(json.loads(data))
+        done = asm.result()
+        assert events[-1][1] == b"[DONE]" and done["choices"][0]["finish_reason"] == "stop"
+        assert "7" in done["choices"][0]["message"]["content"]
+        with urllib.request.urlopen(base + "/sim/stats", timeout=5) as r:
+            assert json.loads(r.read())["requests"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
