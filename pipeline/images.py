@@ -184,13 +184,12 @@ def _fit_max_pixels(width: int, height: int, max_pixels: int | None) -> tuple[in
 
 
 def _complete(fmt: str, data: bytes) -> bool:
-    """Cheap structural check that the file is whole; False only sends it to the full decode."""
+    """Cheap structural check that a JPEG or WebP file is whole; False only sends it to the full decode
+    (a PNG's is read with its chunks: _png_scan)."""
     if fmt in ("JPEG", "MPO"):
         return data.endswith(b"\xff\xd9")  # EOI; a JPEG with trailing bytes is decoded to be sure
     if fmt == "WEBP":
         return len(data) >= 8 + int.from_bytes(data[4:8], "little")  # RIFF size
-    if fmt == "PNG":
-        return _png_scan(data)[0]
     return False
 
 
@@ -225,12 +224,13 @@ def _orientation(img: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def _header_orientation(probe: Image.Image, data: bytes) -> int | None:
-    """EXIF orientation known without decoding; None when only a decode can tell."""
+def _whole_and_upright(probe: Image.Image, data: bytes) -> bool:
+    """The file is whole and needs no rotation, known without decoding its pixels."""
     if probe.format == "PNG":
-        # Pillow's PNG getexif() decodes the whole image to look for late chunks: read the chunk list instead.
-        return None if _png_scan(data)[1] else 1
-    return _orientation(probe)
+        # Pillow's PNG getexif() decodes the whole image to look for late chunks: one walk over the
+        # chunk list tells both.
+        return _png_scan(data) == (True, False)
+    return _orientation(probe) == 1 and _complete(probe.format, data)
 
 
 def _as_is(probe: Image.Image, data: bytes, cfg: ImageConfig) -> bool:
@@ -239,8 +239,7 @@ def _as_is(probe: Image.Image, data: bytes, cfg: ImageConfig) -> bool:
             and probe.mode in _PLAIN_MODES and "transparency" not in probe.info
             and (probe.format == "MPO" or not getattr(probe, "is_animated", False))
             and _fit_max_pixels(probe.width, probe.height, cfg.max_pixels) == probe.size
-            and (_png_scan(data) == (True, False) if probe.format == "PNG"
-                 else _header_orientation(probe, data) == 1 and _complete(probe.format, data)))
+            and _whole_and_upright(probe, data))
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
