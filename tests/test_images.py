@@ -527,13 +527,13 @@ def test_request_keys_take_the_image_key_not_the_bytes_sent(root, monkeypatch):
     after = load_image(root, "t.png", ImageConfig())
 
     def key(url: bytes) -> str:
-        return request_key("m", canonical_messages(_vlm_messages([replace(before, data_url=url)], "q?"), {}), {})
+        return request_key("m", canonical_messages(_vlm_messages([replace(before, data_url=url)], "q?")), {})
 
     assert after.data_url != before.data_url and key(after.data_url) == key(before.data_url)
-    image_part = canonical_messages(_vlm_messages([before], "q?"), {})[0]["content"][0]
+    image_part = canonical_messages(_vlm_messages([before], "q?"))[0]["content"][0]
     assert image_part == {"type": "image", "sha256": before.cache_key}
     plain = bytes(before.data_url)  # a data URL made elsewhere, without a key: keyed by its bytes
-    assert canonical_messages(_vlm_messages([replace(before, data_url=plain)], "q?"), {})[0]["content"][0] == \
+    assert canonical_messages(_vlm_messages([replace(before, data_url=plain)], "q?"))[0]["content"][0] == \
         {"type": "image", "sha256": hashlib.sha256(plain).hexdigest()}
     copied = pickle.loads(pickle.dumps(before.data_url))  # as a Ray shard would get it
     assert copied == before.data_url and copied.key == before.cache_key and key(copied) == key(before.data_url)

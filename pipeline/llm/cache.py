@@ -63,8 +63,9 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs"
 StoreMode = Literal["auto", "direct", "publish"]
 
 
-def canonical_messages(messages: list[dict[str, Any]], image_hashes: dict[Any, str]) -> list[dict[str, Any]]:
-    """Messages with each data URL swapped for its image hash: a small, image-free cache identity."""
+def canonical_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with each data URL swapped for its image hash: a small, image-free cache identity
+    (an image's DataUrl names its own: file hash + transform; any other URL, its bytes' sha256)."""
     out = []
     for msg in messages:
         content = msg["content"]
@@ -78,7 +79,7 @@ def canonical_messages(messages: list[dict[str, Any]], image_hashes: dict[Any, s
                         continue
                     # A data URL is str or ASCII bytes; either hashes the same.
                     raw = url if isinstance(url, bytes) else url.encode()
-                    parts.append({"type": "image", "sha256": image_hashes.get(url) or hashlib.sha256(raw).hexdigest()})
+                    parts.append({"type": "image", "sha256": hashlib.sha256(raw).hexdigest()})
                 else:
                     parts.append(part)
             content = parts

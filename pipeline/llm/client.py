@@ -110,16 +110,11 @@ class ModelClient:
         for message in unreachable:
             log.warning("%s (cooling down; the other replicas carry the load)", message)
 
-    async def chat(
-        self, messages: list[dict[str, Any]], *, stage: str, priority: int, order: int,
-        image_hashes: dict[Any, str] | None = None,
-    ) -> ChatResult:
-        return (await self.chat_choices(messages, stage=stage, priority=priority, order=order,
-                                        image_hashes=image_hashes))[0]
+    async def chat(self, messages: list[dict[str, Any]], *, stage: str, priority: int, order: int) -> ChatResult:
+        return (await self.chat_choices(messages, stage=stage, priority=priority, order=order))[0]
 
     async def chat_choices(
-        self, messages: list[dict[str, Any]], *, stage: str, priority: int, order: int,
-        image_hashes: dict[Any, str] | None = None, n: int = 1, variant: int = 0,
+        self, messages: list[dict[str, Any]], *, stage: str, priority: int, order: int, n: int = 1, variant: int = 0,
     ) -> list[ChatResult]:
         """n choices from one request (`n` parameter). `variant` > 0 names an independent repeat of
         the same request (best-of-k where the endpoint has no `n`): part of the key, never sent."""
@@ -128,7 +123,7 @@ class ModelClient:
             params["n"] = n
         key_params = {**params, "variant": variant} if variant else params
         assert self.store is not None, "ModelClient.store must be set before chat()"
-        key = request_key(self.model, canonical_messages(messages, image_hashes or {}), key_params)
+        key = request_key(self.model, canonical_messages(messages), key_params)
         stored = self.store.get(key)
         if stored is not None:
             self.stats.cached += 1
