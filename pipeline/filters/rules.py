@@ -11,7 +11,7 @@ from ..records import Option
 from ..verify.compare import MathQuery, _default_math, plan_agree, resolve
 from ..verify.extract import extract_final_answer
 from . import KEEP, Drop, Filter, FilterResult, Trace
-from .text import latin1_lower, lower_words, within_latin1
+from .text import CaselessPattern, lower_words, within_latin1
 
 if TYPE_CHECKING:
     from ..verify.pool import VerifierPool
@@ -105,24 +105,20 @@ class LanguageFilter(Filter):
 
 
 # A conclusion the reasoning states; "not"/"cannot" forms are skipped ("the answer is not C, so it must be B").
-# Written in lower case: run with IGNORECASE, or without it over lower-cased Latin-1 text (~2x faster).
-_CONCLUDES_SOURCE = (
+# Written in lower case (a CaselessPattern: over lower-cased Latin-1 text ~2x faster).
+_CONCLUDES = CaselessPattern(
     r"(?:the\s+(?:final\s+|correct\s+|right\s+)?(?:answer|option|choice)\s+(?:is|should\s+be|would\s+be|must\s+be)"
     r"|(?:so|thus|therefore|hence)?,?\s*(?:it|this)\s+(?:must|should|has\s+to)\s+be"
     r"|(?:so|thus|therefore|hence),?\s*(?:it's|it\s+is)"
     r"|i(?:\s+will|'ll)?\s+(?:choose|pick|go\s+with|select))"
     r"\s*[:：]?\s*(?P<neg>not\b|n't\b|never\b)?\s*(?:option\s+|choice\s+)?\**\(?(?P<x>[^\n]+?)(?=[.!?;,](?:\s|$)|\n|$)"
 )
-_CONCLUDES = re.compile(_CONCLUDES_SOURCE, re.IGNORECASE)
-_CONCLUDES_LOWER = re.compile(_CONCLUDES_SOURCE)
 
 
 def conclusions(text: str) -> list[re.Match[str]]:
     """The stated conclusions (not negated) in `text`, in order; spans index `text` (the match
     may be over its lower-cased copy: take groups by span)."""
-    low = latin1_lower(text)
-    found = _CONCLUDES.finditer(text) if low is None else _CONCLUDES_LOWER.finditer(low)
-    return [m for m in found if m.start("neg") < 0]
+    return [m for m in _CONCLUDES.finditer(text) if m.start("neg") < 0]
 
 
 _ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
@@ -222,27 +218,19 @@ class ConsistencyFilter(Filter):
         return Drop("inconsistent", f"reasoning concludes {stated[:60]!r} but outputs {t.pred[:60]!r}")
 
 
-# Written in lower case: the same pattern runs with IGNORECASE, and without it over lower-cased
-# ASCII text (~3x faster: the engine can skip ahead to the letters an alternative starts with).
-_HINT_SOURCE = (
+# Written in lower case (a CaselessPattern: over lower-cased Latin-1 text ~3x faster, the engine
+# skipping ahead to the letters an alternative starts with).
+_HINT = CaselessPattern(
     r"\b(?:reference\s+answer|(?:given|provided|expected|supplied)\s+(?:correct\s+)?answer|"
     r"answer\s+(?:was|is)\s+(?:given|provided|supplied)|the\s+answer\s+provided|(?:the|a)\s+hint|i\s+was\s+told|"
     r"(?:we|i)\s+(?:are|am)\s+told\s+(?:that\s+)?the\s+answer|the\s+answer\s+key)\b"
 )
-_HINT = re.compile(_HINT_SOURCE, re.IGNORECASE)
-_HINT_LOWER = re.compile(_HINT_SOURCE)
 
 
 def hint_mention(text: str) -> str | None:
     """The words by which `text` reveals it was handed the answer, as written, or None."""
-    if (low := latin1_lower(text)) is not None:
-        # Within Latin-1, lower() keeps every index and folds case as IGNORECASE does for this
-        # pattern's ASCII letters (beyond Latin-1, IGNORECASE also takes e.g. the Kelvin sign and
-        # the long s for k and s, which lower() does not).
-        m = _HINT_LOWER.search(low)
-        return None if m is None else text[m.start():m.end()]
     m = _HINT.search(text)
-    return None if m is None else m.group(0)
+    return None if m is None else text[m.start():m.end()]
 
 
 class HintLeakFilter(Filter):
