@@ -263,18 +263,17 @@ class ModalityRewriter:
     def _stored_plan(self, path: Path, spec: dict, macros: dict[str, str]) -> _Plan:
         """_plan's result, from the disk cache when this rules file was analysed before by this code
         (the analysis costs ~0.1 s at every start; only a file that passed it is stored)."""
+        trigger = _compile(spec["pattern"], macros)
+        words = tuple(str(w).lower() for w in spec.get("words") or [])
         key = diskcache.key_of(self.sha256, _analysis_code())
-        if (plan := _plan_from_json(diskcache.load(_PLAN_CACHE, key), _compile(spec["pattern"], macros),
-                                    tuple(str(w).lower() for w in spec.get("words") or []))) is not None:
+        if (plan := _plan_from_json(diskcache.load(_PLAN_CACHE, key), trigger, words)) is not None:
             return plan
-        plan = self._plan(path, spec, macros)
+        plan = self._plan(path, trigger, words)
         diskcache.save(_PLAN_CACHE, key, _plan_to_json(plan))
         return plan
 
-    def _plan(self, path: Path, spec: dict, macros: dict[str, str]) -> _Plan:
+    def _plan(self, path: Path, trigger: re.Pattern[str], words: tuple[str, ...]) -> _Plan:
         """Only pieces of a text holding a trigger match are scanned: fail here if that could change a result."""
-        trigger = _compile(spec["pattern"], macros)
-        words = tuple(str(w).lower() for w in spec.get("words") or [])
         problems = [f"trigger: {p}" for p in check_trigger(trigger)]
         if not words or any(not w.isascii() or w != " ".join(w.split()) or not w or set(w) & set(WATCH)
                             for w in words):
