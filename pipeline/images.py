@@ -312,10 +312,6 @@ def transform_key(file_sha256: str, transforms: list[str], codec: str | None) ->
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
-def _data_url(subtype: str, payload: bytes, key: str) -> DataUrl:
-    return DataUrl.encode(subtype, payload, key)
-
-
 def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Path | None = None) -> EncodedImage:
     """One image, ready to send. `out_dir` places transformed copies (default: `images/` relative to it)."""
     path, data = read_image_file(roots, raw, cfg.max_file_bytes)
@@ -334,7 +330,7 @@ def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Pa
                 fmt = probe.format
                 if _as_is(probe, data, cfg):
                     key = transform_key(file_sha, [], None)
-                    return EncodedImage(raw, path, file_sha, key, _data_url(_SENDABLE[fmt], data, key),
+                    return EncodedImage(raw, path, file_sha, key, DataUrl.encode(_SENDABLE[fmt], data, key),
                                         width, height, path, [])
                 target = _fit_max_pixels(width, height, cfg.max_pixels)  # in stored orientation
                 if fmt in ("JPEG", "MPO") and target != (width, height):
@@ -361,7 +357,7 @@ def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Pa
     if not transforms and fmt in _SENDABLE:
         # Decoded only to be sure (trailing bytes, a possible late EXIF chunk): nothing to change.
         key = transform_key(file_sha, [], None)
-        return EncodedImage(raw, path, file_sha, key, _data_url(_SENDABLE[fmt], data, key),
+        return EncodedImage(raw, path, file_sha, key, DataUrl.encode(_SENDABLE[fmt], data, key),
                             img.width, img.height, path, [])
     if not transforms:
         transforms.append(f"format:{fmt}")  # GIF, BMP, TIFF...: not every server takes them
@@ -373,7 +369,7 @@ def load_image(roots: ImageRoots | Path, raw: str, cfg: ImageConfig, out_dir: Pa
     where = images_dir(Path(out_dir)).absolute() if out_dir is not None else Path(IMAGES_DIR)
     trainer = content_addressed_path(sent, where, ext)
     key = transform_key(file_sha, transforms, codec)
-    return EncodedImage(raw, path, file_sha, key, _data_url(codec, sent, key), img.width, img.height, trainer,
+    return EncodedImage(raw, path, file_sha, key, DataUrl.encode(codec, sent, key), img.width, img.height, trainer,
                         transforms)
 
 
