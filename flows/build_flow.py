@@ -8,14 +8,18 @@ from these signatures, which need the real types (ShardSpec), not strings."""
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
+from pipeline import procenv
 
-from pipeline.build import ShardSpec, markdown_summary, merge, plan, run_shard, shard_roles
-from pipeline.build_config import BuildConfig, load_build_config
-from pipeline.vllm_helper import wait_for_health
+procenv.apply()  # before pipeline.build loads numpy / pyarrow (see procenv.py)
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from pipeline.build import ShardSpec, markdown_summary, merge, plan, run_shard, shard_roles  # noqa: E402
+from pipeline.build_config import BuildConfig, load_build_config  # noqa: E402
+from pipeline.vllm_helper import wait_for_health  # noqa: E402
 
 
 @task(name="convert-shard", retries=2, retry_delay_seconds=10, task_run_name="{spec.label}")
@@ -70,7 +74,9 @@ def task_runner(build: BuildConfig):
     if build.runner == "ray":
         from prefect_ray import RayTaskRunner
 
-        init = {"num_cpus": build.ray_num_cpus} if build.ray_num_cpus and not build.ray_address else {}
+        init: dict[str, Any] = {"num_cpus": build.ray_num_cpus} if build.ray_num_cpus and not build.ray_address else {}
+        # Shard workers are processes Ray starts: they get the converter's environment this way.
+        init["runtime_env"] = {"env_vars": procenv.settings()}
         return RayTaskRunner(address=build.ray_address, init_kwargs=init)
     return ThreadPoolTaskRunner(max_workers=build.parallel_shards)
 

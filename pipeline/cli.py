@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-# numpy (imported by pyarrow) starts an OpenBLAS thread pool whose threads spin for a while after
-# start: ~0.1 s of CPU per converter. Nothing here does linear algebra; a caller's setting wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from . import procenv
+
+procenv.apply()  # before numpy / pyarrow load (see procenv.py)
 
 import typer  # noqa: E402
 from pydantic import ValidationError

@@ -188,6 +188,33 @@ def test_ray_runner_gives_the_same_output_as_local_threads_and_is_bounded(tmp_pa
     assert _max_overlap(ray_m) <= 2 and _max_overlap(local) <= 2
 
 
+def test_ray_shard_workers_get_the_converters_process_environment(tmp_path, sims, inputs, monkeypatch):
+    """Ray starts the shard workers itself (on a cluster, from raylets started elsewhere): Arrow's
+    allocator and OpenBLAS settings (procenv.py) reach them through the task runner's runtime_env."""
+    from prefect import flow, task
+
+    from flows.build_flow import task_runner
+
+    # Not inherited from here: the local cluster's processes start without them.
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+
+    @task
+    def worker_env() -> tuple[str, str | None, int]:
+        import pyarrow as pa
+
+        return pa.default_memory_pool().backend_name, os.environ.get("OPENBLAS_NUM_THREADS"), os.getpid()
+
+    @flow
+    def probe() -> tuple[str, str | None, int]:
+        return worker_env.submit().result()
+
+    build = BuildConfig.model_validate(build_config(tmp_path, sims, inputs, "env", runner="ray", ray_num_cpus=1))
+    backend, blas, pid = probe.with_options(task_runner=task_runner(build))()
+    assert pid != os.getpid()  # it ran in a Ray worker
+    assert (backend, blas) == ("system", "1")
+
+
 def test_running_shards_share_endpoint_capacity_instead_of_fixed_slices(tmp_path, inputs):
     """A shard running alone gets every slot (no fixed 1/parallel_shards slice), and shards running
     together never exceed the replica's max_concurrency between them."""
