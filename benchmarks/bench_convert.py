@@ -33,6 +33,11 @@ the CPU seconds each simulator process used during the client's run (psutil), wh
 servers themselves, not the client, saturate the machine.
 `--busy on` runs one CPU-spinning process beside the client. A table is printed and the figures are
 written to outputs/bench/<workload>-<UTC time>.json.
+
+`--sim-nice N` (diagnosis only; default 0, which every figure in the README uses) starts the
+simulators at a lower CPU priority. On a small machine they compete with the client for the CPU,
+which real GPU servers on other hosts do not: comparing a run with and without it tells how much of
+a ratio comes from the servers sharing the client's cores rather than from the client.
 """
 
 from __future__ import annotations
@@ -77,12 +82,13 @@ VLM_MODEL, R1_MODEL = "bench-vlm", "bench-r1"
 
 # ---- servers ------------------------------------------------------------------------------------
 
-def start_sim(cfg: dict, port: int, workdir: Path) -> subprocess.Popen:
+def start_sim(cfg: dict, port: int, workdir: Path, nice: int = 0) -> subprocess.Popen:
     path = workdir / f"sim_{cfg['role']}_{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "simulate", "--config", str(path),
                              "--port", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
     for _ in range(400):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
@@ -391,6 +397,8 @@ def main() -> None:
                     help="sample the coldstart client with py-spy (stacks holding the GIL, all threads) into this raw file")
     ap.add_argument("--profile", type=Path, default=None,
                     help="write a cProfile of the coldstart client's main process here (its figures then include the profiler)")
+    ap.add_argument("--sim-nice", type=int, default=0,
+                    help="start the simulators at this nice value (diagnosis: servers off the client's CPU)")
     ap.add_argument("--curator-venv", type=Path, default=ROOT / "outputs" / "bench" / "curator-venv")
     args = ap.parse_args()
     kind, n, replicas = WORKLOADS[args.workload]
@@ -409,9 +417,9 @@ def main() -> None:
     # Lengths capped below the clients' max_tokens (2048 / 16384): a truncated response is a failure
     # to every client (curator retries it and then aborts the whole run), which is not what we measure.
     sims = [start_sim({"role": "vlm", "models": [VLM_MODEL], "length_mu": math.log(args.vlm_median_tokens),
-                       "max_len_tokens": 1900, **common}, p, work) for p in ports["vlm"]]
+                       "max_len_tokens": 1900, **common}, p, work, args.sim_nice) for p in ports["vlm"]]
     sims += [start_sim({"role": "reasoner", "models": [R1_MODEL], "wrong_rate": 0.1, "max_len_tokens": 15000,
-                        "length_mu": math.log(args.reasoner_median_tokens), **common}, p, work)
+                        "length_mu": math.log(args.reasoner_median_tokens), **common}, p, work, args.sim_nice)
              for p in ports["reasoner"]]
     rows = []
     try:
@@ -428,7 +436,8 @@ def main() -> None:
     print()
     print(f"workload {args.workload}: {n} samples ({kind}), {replicas} VLM + {replicas} reasoner replicas of "
           f"{args.slots} slots, per_token_s {args.per_token_s}, stream_interval {args.stream_interval}, medians "
-          f"{args.vlm_median_tokens:g}/{args.reasoner_median_tokens:g} tokens; {os.cpu_count()} CPUs")
+          f"{args.vlm_median_tokens:g}/{args.reasoner_median_tokens:g} tokens; {os.cpu_count()} CPUs"
+          + (f"; simulators at nice {args.sim_nice} (diagnosis, not the README's setting)" if args.sim_nice else ""))
     print(table(rows))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"{args.workload}-{stamp}.json"
