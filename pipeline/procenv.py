@@ -15,7 +15,7 @@ SETTINGS = {
     "OPENBLAS_NUM_THREADS": "1",
     # Arrow's default allocator (mimalloc) gives each of Arrow's threads a heap of its own and, where
     # transparent huge pages are on, backs it 2 MB at a time: writing a 300-row run's Parquet raised
-    # the converter's peak RSS from its steady ~165 MB to ~225 MB, plus the CPU to zero those pages.
+    # the converter's RSS from its steady ~150 MB to ~200 MB, plus the CPU to zero those pages.
     # The C library's malloc reuses what the process already holds. Only this variable switches the
     # pool Arrow's C++ code uses; pyarrow.set_memory_pool reaches the Python-facing calls only.
     "ARROW_DEFAULT_MEMORY_POOL": "system",
