@@ -38,6 +38,11 @@ class EndpointConfig(_Strict):
     # Responses stream: the longest silence allowed (also the connect / first-byte limit). No total
     # limit: a 16K-token R1 trace that keeps producing tokens is never cut.
     idle_timeout_s: float = Field(300.0, gt=0)
+    # Bytes a streamed response gathers in the socket before the client wakes to read it
+    # (SO_RCVLOWAT; plain http on Linux/BSD/macOS): ~60 events of a stream per read instead of one.
+    # Each request then goes on its own connection (`Connection: close`), so that the server's close
+    # shows a response's end at once. 0: wake for every event, keep-alive connections.
+    read_batch_bytes: int = Field(16384, ge=0, le=1 << 20)
     max_attempts: int = Field(8, ge=1)  # tries per request before the row is rejected
     max_backoff_s: float = Field(60.0, gt=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

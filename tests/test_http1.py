@@ -2,10 +2,14 @@
 loopback: keep-alive connections are reused, a pooled connection the server closed is replaced
 without an error or a second request the server processed, bodies framed by length, by chunks or
 by the connection's end all arrive whole, what is not HTTP is an error, a cancelled request's
-connection is not reused, and headers cannot smuggle lines."""
+connection is not reused, and headers cannot smuggle lines. Batched reads (`read_batch_bytes`, the
+default for plain http): many events per read, a response's end seen at once from the server's
+close, a slow stream below the threshold not cut, a silent one cut, a server that ignores
+`Connection: close` still read."""
 
 import asyncio
 import json
+import time
 
 import pytest
 from aiohttp import web
@@ -64,14 +68,17 @@ async def _ask(conn: Connection, text: str) -> str:
     return out["choices"][0]["message"]["content"]
 
 
-def _conn(url: str, idle: float = 5) -> Connection:
-    return Connection(url, EndpointConfig(url=url, model="m", idle_timeout_s=idle))
+BATCH = EndpointConfig().read_batch_bytes  # the default: batched reads, a connection per request
+
+
+def _conn(url: str, idle: float = 5, batch: int = BATCH) -> Connection:
+    return Connection(url, EndpointConfig(url=url, model="m", idle_timeout_s=idle, read_batch_bytes=batch))
 
 
 def test_sequential_requests_reuse_one_connection_and_concurrent_ones_open_more():
     async def main():
         async with CountingServer(hold_s=0.2) as server:
-            conn = _conn(server.url)
+            conn = _conn(server.url, batch=0)
             try:
                 assert [await _ask(conn, f"q{i}") for i in range(5)] == [f"q{i}" for i in range(5)]
                 sequential = list(server.peers)
@@ -88,7 +95,7 @@ def test_sequential_requests_reuse_one_connection_and_concurrent_ones_open_more(
 def test_a_pooled_connection_the_server_closed_is_replaced_without_error_or_a_second_request():
     async def main():
         async with CountingServer(keepalive_timeout=0.1) as server:
-            conn = _conn(server.url)
+            conn = _conn(server.url, batch=0)
             try:
                 first = await _ask(conn, "one")
                 await asyncio.sleep(0.5)  # the server closes the idle connection meanwhile
@@ -149,7 +156,7 @@ class RaceServer(TCPServer):
 def test_a_pooled_connection_closed_as_the_request_goes_out_is_retried_once_on_a_fresh_one():
     async def main():
         async with RaceServer() as server:
-            conn = _conn(server.url)
+            conn = _conn(server.url, batch=0)
             try:
                 return await _ask(conn, "one"), await _ask(conn, "two"), server.connections
             finally:
@@ -181,10 +188,12 @@ class RawServer(TCPServer):
             await asyncio.sleep(30)
 
 
-def _raw(reply: bytes, close: bool = True, idle: float = 5):
+def _raw(reply: bytes, close: bool = True, idle: float = 1, batch: int = BATCH):
+    # A server that keeps the connection open after its answer ignores `Connection: close`: with
+    # batched reads its answer is read at a watch tick (idle / 4), not at its close.
     async def main():
         async with RawServer(reply, close) as server:
-            conn = _conn(server.url, idle)
+            conn = _conn(server.url, idle, batch)
             try:
                 return await _ask(conn, "hi"), server
             finally:
@@ -199,8 +208,9 @@ def test_bodies_framed_by_length_by_chunks_and_by_the_connection_end_arrive_whol
         b"%x\r\n%s\r\n" % (len(body[i:i + 10]), body[i:i + 10]) for i in range(0, len(body), 10)) + b"0\r\n\r\n"
     until_close = b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + body
     for reply in (by_length, chunked, until_close):
-        text, server = _raw(reply, close=reply is until_close)
-        assert text == "framed"
+        for batch in (0, BATCH):
+            text, server = _raw(reply, close=reply is until_close, batch=batch)
+            assert text == "framed"
     # What went out is an HTTP/1.1 POST of the JSON body, with the host and our headers.
     head = server.head.decode()
     assert head.startswith("POST /v1/chat/completions HTTP/1.1\r\n")
@@ -251,10 +261,11 @@ def test_a_refused_connection_is_a_connection_error():
         asyncio.run(main())
 
 
-def test_a_cancelled_request_drops_its_connection_and_the_next_one_works():
+@pytest.mark.parametrize("batch", [0, BATCH])
+def test_a_cancelled_request_drops_its_connection_and_the_next_one_works(batch):
     async def main():
         async with CountingServer(hold_s=1.0) as server:
-            conn = _conn(server.url)
+            conn = _conn(server.url, batch=batch)
             try:
                 task = asyncio.create_task(_ask(conn, "slow"))
                 await asyncio.sleep(0.3)  # mid-stream: headers and a comment came
@@ -297,6 +308,11 @@ def test_headers_cannot_smuggle_lines_and_urls_must_be_http():
             Pool("ftp://host/v1", idle_timeout_s=1)
         assert Pool("https://example.org/v1", idle_timeout_s=1).authority == "example.org"
         assert Pool("http://[::1]:8000/v1", idle_timeout_s=1).authority == "[::1]:8000"
+        batched = Pool("http://127.0.0.1:9/v1/chat/completions", idle_timeout_s=1, read_batch_bytes=4096)
+        assert batched.head("/p", {}, 2) == (b"POST /p HTTP/1.1\r\nHost: 127.0.0.1:9\r\nAccept-Encoding: identity\r\n"
+                                             b"Connection: close\r\nContent-Length: 2\r\n\r\n")
+        # Over TLS each request on its own connection would cost a handshake: no batching there.
+        assert Pool("https://example.org/v1", idle_timeout_s=1, read_batch_bytes=4096).batch == 0
     asyncio.run(main())
 
 
@@ -308,11 +324,14 @@ def test_connection_cut_is_the_error_of_an_unreachable_pool():
     asyncio.run(main())
 
 
-def test_a_request_body_is_let_go_once_the_response_starts():
+@pytest.mark.parametrize("batch", [0, BATCH])
+def test_a_request_body_is_let_go_once_the_response_starts(batch):
     # A VLM request's body is its image again; held for a 20 s stream by 256 slots it was ~128 MB.
+    # Batched reads may read nothing before the end: there the body goes once written (a fresh
+    # connection is never sent on again).
     async def main():
         async with CountingServer(hold_s=0.5) as server:
-            conn = _conn(server.url)
+            conn = _conn(server.url, batch=batch)
             try:
                 task = asyncio.create_task(_ask(conn, "x" * 100_000))
                 await asyncio.sleep(0.25)  # headers and a comment came; the answer has not
@@ -366,7 +385,7 @@ def test_the_server_reads_the_spliced_image_as_the_json_string_it_was():
     async def main():
         reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         async with RawServer(reply, close=False) as server:
-            conn = _conn(server.url)
+            conn = _conn(server.url, idle=1)
             try:
                 out = await stream_chat(conn, model="m", params={}, headers={}, messages=[{"role": "user", "content": [
                     {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what?"}]}])
@@ -433,5 +452,114 @@ def test_https_endpoints_are_verified_and_streamed(tmp_path, monkeypatch):
 
     text, head = asyncio.run(main(trust=True))
     assert text == "over tls" and head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"Connection: close" not in head  # kept alive: no batched reads over TLS
     with pytest.raises(ConnectionCut, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         asyncio.run(main(trust=False))
+
+
+# ---- batched reads ------------------------------------------------------------------------------
+
+class TrickleServer:
+    """Streams `events` SSE events of ~100 bytes, `gap_s` apart, each written on its own (one TCP
+    segment each, as vLLM's server writes them), then the finish; optionally goes silent for good
+    after `silent_after` events. Notes each request's `Connection` header and client port."""
+
+    def __init__(self, events: int, gap_s: float, silent_after: int = -1):
+        self.events, self.gap_s, self.silent_after = events, gap_s, silent_after
+        self.connection_headers: list[str | None] = []
+        self.peers: list[int] = []
+
+    async def handler(self, request):
+        await request.read()
+        self.connection_headers.append(request.headers.get("Connection"))
+        self.peers.append(request.transport.get_extra_info("peername")[1])
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(self.events):
+            if i == self.silent_after:  # until the test ends (the client cut it long before)
+                await self.released.wait()
+                return resp
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": f"t{i:04d} "}, "finish_reason": None}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await asyncio.sleep(self.gap_s)
+        await resp.write(_sse(""))
+        await resp.write_eof()
+        return resp
+
+    async def __aenter__(self):
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handler)
+        self.runner, self.url = await serve_app(app)
+        self.released = asyncio.Event()
+        return self
+
+    async def __aexit__(self, *exc):
+        self.released.set()
+        await self.runner.cleanup()
+
+
+def _count_reads(monkeypatch) -> list[int]:
+    from pipeline.llm import http1
+
+    reads = []
+    original = http1._Connection.data_received
+
+    def counted(self, data):
+        reads.append(len(data))
+        return original(self, data)
+    monkeypatch.setattr(http1._Connection, "data_received", counted)
+    return reads
+
+
+def _trickle(server_kw: dict, idle: float, batch: int, asks: int = 1):
+    async def main():
+        async with TrickleServer(**server_kw) as server:
+            conn = _conn(server.url, idle, batch)
+            try:
+                t0 = time.monotonic()
+                texts = [await _ask(conn, "q") for _ in range(asks)]
+                return texts, time.monotonic() - t0, server
+            finally:
+                await conn.close()
+    return asyncio.run(main())
+
+
+def test_batched_reads_take_many_events_per_read_and_see_the_end_at_once(monkeypatch):
+    # 300 events ~2 ms apart (~40 KB in ~0.6 s). Unbatched: about a read per event. Batched: a
+    # read per 16 KB, and the last bytes at the server's close: the end is not left for a watch tick
+    # (idle 30 s: ticks 1 s apart, a read of what stopped growing only at the second).
+    expected = "".join(f"t{i:04d} " for i in range(300))
+    reads = _count_reads(monkeypatch)
+    (plain,), _, plain_server = _trickle({"events": 300, "gap_s": 0.002}, idle=30, batch=0)
+    unbatched = len(reads)
+    reads.clear()
+    (text, again), elapsed, server = _trickle({"events": 300, "gap_s": 0.002}, idle=30, batch=16384, asks=2)
+    assert plain == text == again == expected
+    assert unbatched >= 100 and len(reads) <= 12, (unbatched, len(reads))
+    assert elapsed < 2 * 1.5  # two streams of ~0.6 s each, neither waited for a watch tick
+    assert server.connection_headers == ["close", "close"] and len(set(server.peers)) == 2
+    assert plain_server.connection_headers == [None]
+
+
+def test_a_batched_stream_slower_than_the_idle_timeout_is_not_cut_and_a_silent_one_is():
+    # ~2 KB over 2 s, an event every 0.2 s, under a 0.5 s idle timeout: never 16 KB waiting, so
+    # the kernel never wakes the loop for it; the watch counts the growing unread bytes as activity.
+    expected = "".join(f"t{i:04d} " for i in range(10))
+    (text,), elapsed, _ = _trickle({"events": 10, "gap_s": 0.2}, idle=0.5, batch=16384)
+    assert text == expected and elapsed >= 2.0
+    # Three events, then silence with the connection open: cut once idle for 0.5 s.
+    t0 = time.monotonic()
+    with pytest.raises(IdleTimeout):
+        _trickle({"events": 10, "gap_s": 0.01, "silent_after": 3}, idle=0.5, batch=16384)
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_a_server_that_ignores_connection_close_is_read_at_a_watch_tick():
+    # Its whole answer sits below the threshold on an open connection: read once it stops growing.
+    body = _sse("kept open")
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    t0 = time.monotonic()
+    text, server = _raw(reply, close=False, idle=2, batch=BATCH)
+    assert text == "kept open" and time.monotonic() - t0 < 2  # two ticks of 0.5 s, not the idle cut
+    assert b"Connection: close\r\n" in server.head

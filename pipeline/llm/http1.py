@@ -11,21 +11,41 @@ sleeps until the response has ended.
 What it does: plain HTTP or TLS (asyncio's SSL transport), keep-alive connections pooled per
 endpoint (LIFO, dropped when the server closes them), a request on a pooled connection that the
 server had already closed is sent once more on a fresh one (nothing of it was processed), the
-longest silence bounded per exchange by one watch timer per pool (`idle_timeout_s`). What it
-does not: proxies, redirects, compression (every request asks for `Accept-Encoding: identity`; a
+longest silence bounded per exchange by one watch timer per pool (`idle_timeout_s`), batched
+reads (below). What it does not: proxies, redirects, compression (every request asks for `Accept-Encoding: identity`; a
 compressed answer anyway is refused by name, not parsed as garbage), pipelining.
+
+Batched reads (`read_batch_bytes` > 1, plain http): a stream of R1 tokens arrives as ~150 small
+events, each in its own TCP segment, and a client that keeps up reads each one on its own (a
+wake-up, a read, a parser call: ~15 us, most of the converter's CPU per sample). The socket's
+SO_RCVLOWAT makes the kernel wake the loop only once that many bytes are waiting, so one read takes
+many events. The end of a response is then seen by the server's close, not by its last bytes: each
+request asks for `Connection: close` and goes on a fresh connection (no pool to go stale). What the
+kernel holds unread is watched once per tick (FIONREAD): bytes that grew count as activity for the
+idle timeout, and bytes that stopped growing are read at once (the socket drops back to waking for
+every byte), so a slow stream or a server that ignores `Connection: close` costs a tick, never a cut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
+import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
 
 from .errors import ConnectionCut, IdleTimeout, RequestError
+
+if sys.platform != "win32":
+    import fcntl
+    import termios
+
+# Where the kernel offers both: a wake-up threshold for reads and a count of the bytes unread.
+BATCHED_READS = sys.platform != "win32" and hasattr(socket, "SO_RCVLOWAT")
 
 
 class _StaleConnection(ConnectionCut):
@@ -37,7 +57,7 @@ class Exchange:
     collected in `body` (an error message)."""
 
     __slots__ = ("on_body", "future", "status", "headers", "body", "last", "responded", "framed", "conn",
-                 "outgoing")
+                 "outgoing", "unread")
 
     def __init__(self, on_body: Callable[[bytes], None], future: asyncio.Future[None], now: float):
         self.on_body = on_body
@@ -50,6 +70,7 @@ class Exchange:
         self.framed = False  # the body has a length or chunked framing (else it ends with the connection)
         self.conn: _Connection | None = None
         self.outgoing: list[bytes] = []  # the request body, until the response starts
+        self.unread = 0  # batched reads: bytes the kernel held unread at the last watch tick
 
 
 class _Connection(asyncio.Protocol):
@@ -61,6 +82,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.open = True
+        self.fd = -1  # batched reads: the socket, while it wakes the loop only for read_batch_bytes
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,6 +94,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         ex.last = self.pool.loop.time()
+        ex.unread = 0
         if not ex.responded:
             ex.responded = True
             ex.outgoing.clear()  # answered: never sent again, so not held (the transport has its copy)
@@ -131,7 +154,7 @@ class _Connection(asyncio.Protocol):
         ex = self.exchange
         assert ex is not None
         self.exchange = None
-        keep = self.parser.should_keep_alive()
+        keep = self.parser.should_keep_alive() and not self.pool.batch
         self._finish(ex)
         if keep and self.open:
             self.parser = httptools.HttpResponseParser(self)
@@ -155,6 +178,31 @@ class _Connection(asyncio.Protocol):
             pending = b""
         if pending:
             self.transport.write(pending)
+
+    def batch_reads(self, nbytes: int) -> None:
+        """Wake the loop only once `nbytes` are waiting (or the connection ends)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
+        except OSError:  # not offered for this socket: every read wakes the loop, as without batching
+            return
+        self.fd = sock.fileno()
+
+    def unread(self) -> int:
+        """Bytes the kernel holds for this connection, not read yet (0 when not batching)."""
+        if self.fd < 0:
+            return 0
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
+
+    def read_every_byte(self) -> None:
+        """Stop batching: what is waiting is read at once, as is every later byte."""
+        self.batch_reads(1)
+        self.fd = -1
 
     def _finish(self, ex: Exchange) -> None:
         self.pool.active.discard(ex)
@@ -186,7 +234,7 @@ class _Connection(asyncio.Protocol):
 class Pool:
     """Keep-alive connections to one endpoint, for one event loop."""
 
-    def __init__(self, url: str, idle_timeout_s: float, max_idle: int = 256):
+    def __init__(self, url: str, idle_timeout_s: float, max_idle: int = 256, read_batch_bytes: int = 0):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -197,6 +245,9 @@ class Pool:
         self.authority = (f"[{self.host}]" if ":" in self.host else self.host) + ("" if default else f":{self.port}")
         self.idle_timeout_s = idle_timeout_s
         self.max_idle = max_idle
+        # Batched reads for plain http only: over TLS a fresh connection per request would cost a
+        # handshake each, more than the reads it saves.
+        self.batch = read_batch_bytes if read_batch_bytes > 1 and BATCHED_READS and self.ssl is None else 0
         self.loop = asyncio.get_running_loop()
         self.idle: list[_Connection] = []
         self.active: set[Exchange] = set()
@@ -205,6 +256,7 @@ class Pool:
     def head(self, path: str, headers: dict[str, str], length: int, method: str = "POST") -> bytes:
         """The request line and headers of a request with `length` bytes of body to `path`."""
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.authority}", "Accept-Encoding: identity",
+                 *(["Connection: close"] if self.batch else []),
                  *(f"{k}: {v}" for k, v in headers.items()),
                  *([f"Content-Length: {length}"] if length or method == "POST" else []), "", ""]
         text = "\r\n".join(lines)
@@ -240,6 +292,8 @@ class Pool:
             self.active.add(ex)
             self._watching()
             conn.start(ex, head, outgoing)
+            if self.batch:  # a fresh connection: never sent again, so the body is not held
+                outgoing.clear()
             try:
                 await ex.future
                 return ex
@@ -255,7 +309,7 @@ class Pool:
         raise AssertionError("unreachable")
 
     async def _connection(self) -> tuple[_Connection, bool]:
-        while self.idle:
+        while self.idle and not self.batch:
             conn = self.idle.pop()
             if conn.open and conn.transport is not None and not conn.transport.is_closing():
                 return conn, True
@@ -267,6 +321,8 @@ class Pool:
             raise IdleTimeout(f"connecting to {self.authority} took over {self.idle_timeout_s:g} s") from exc
         except OSError as exc:
             raise ConnectionCut(f"cannot connect to {self.authority}: {exc}") from exc
+        if self.batch:
+            conn.batch_reads(self.batch)
         return conn, False
 
     def give_back(self, conn: _Connection) -> None:
@@ -288,11 +344,23 @@ class Pool:
     async def _watch_idle(self) -> None:
         """Cut exchanges silent for longer than the idle timeout: one timer for all of them, waking
         every quarter timeout (at most 1 s), instead of a timer re-armed on every read. A cut lands
-        between idle and idle + period."""
+        between idle and idle + period. With batched reads, bytes the kernel holds unread count:
+        grown since the last tick, they are activity; not grown, they are read now."""
         idle = self.idle_timeout_s
+        period = min(1.0, idle / 4)
         while self.active:
-            await asyncio.sleep(min(1.0, idle / 4))
+            await asyncio.sleep(period)
             now = self.loop.time()
+            if self.batch:
+                for ex in self.active:
+                    conn = ex.conn
+                    if conn is None or conn.fd < 0 or now - ex.last < period:
+                        continue
+                    waiting = conn.unread()
+                    if waiting > ex.unread:
+                        ex.unread, ex.last = waiting, now
+                    elif waiting:
+                        conn.read_every_byte()
             for ex in [e for e in self.active if now - e.last > idle]:
                 self.active.discard(ex)
                 err = IdleTimeout(f"no bytes from {self.authority} for {idle:g} s")
