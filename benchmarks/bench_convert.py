@@ -265,6 +265,9 @@ def client_command(name: str, args, work: Path, input_path: Path, image_root: Pa
                "out": str(out / "convert"), "progress": False,
                "vlm": {"urls": vlm_urls, "model": VLM_MODEL, "max_concurrency": args.slots},
                "reasoner": {"urls": r1_urls, "model": R1_MODEL, "max_concurrency": args.slots}}
+        if args.read_batch_bytes is not None:
+            for role in ("vlm", "reasoner"):
+                cfg[role]["read_batch_bytes"] = args.read_batch_bytes
         (out / "config.yaml").write_text(yaml.safe_dump(cfg))
         prof = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
         # py-spy samples what is on a CPU in every thread and subprocess (cProfile: the main thread only).
@@ -399,6 +402,8 @@ def main() -> None:
                     help="write a cProfile of the coldstart client's main process here (its figures then include the profiler)")
     ap.add_argument("--sim-nice", type=int, default=0,
                     help="start the simulators at this nice value (diagnosis: servers off the client's CPU)")
+    ap.add_argument("--read-batch-bytes", type=int, default=None,
+                    help="coldstart's read_batch_bytes for both roles (default: the config's; 0: a read per event)")
     ap.add_argument("--curator-venv", type=Path, default=ROOT / "outputs" / "bench" / "curator-venv")
     args = ap.parse_args()
     kind, n, replicas = WORKLOADS[args.workload]
@@ -437,7 +442,8 @@ def main() -> None:
     print(f"workload {args.workload}: {n} samples ({kind}), {replicas} VLM + {replicas} reasoner replicas of "
           f"{args.slots} slots, per_token_s {args.per_token_s}, stream_interval {args.stream_interval}, medians "
           f"{args.vlm_median_tokens:g}/{args.reasoner_median_tokens:g} tokens; {os.cpu_count()} CPUs"
-          + (f"; simulators at nice {args.sim_nice} (diagnosis, not the README's setting)" if args.sim_nice else ""))
+          + (f"; simulators at nice {args.sim_nice} (diagnosis, not the README's setting)" if args.sim_nice else "")
+          + (f"; coldstart read_batch_bytes {args.read_batch_bytes}" if args.read_batch_bytes is not None else ""))
     print(table(rows))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"{args.workload}-{stamp}.json"
