@@ -555,11 +555,42 @@ def test_a_batched_stream_slower_than_the_idle_timeout_is_not_cut_and_a_silent_o
     assert time.monotonic() - t0 < 2.5
 
 
-def test_a_server_that_ignores_connection_close_is_read_at_a_watch_tick():
-    # Its whole answer sits below the threshold on an open connection: read once it stops growing.
+def test_a_server_that_ignores_connection_close_is_read_at_a_watch_tick_and_then_kept_alive(caplog):
+    # Its first answer sits below the threshold on an open connection: read once it stops growing
+    # (two ticks of 0.5 s, not the idle cut). Its answer did not say `Connection: close`, so the
+    # pool stops batching: the next request goes out kept alive and is read as it comes.
     body = _sse("kept open")
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    t0 = time.monotonic()
-    text, server = _raw(reply, close=False, idle=2, batch=BATCH)
-    assert text == "kept open" and time.monotonic() - t0 < 2  # two ticks of 0.5 s, not the idle cut
-    assert b"Connection: close\r\n" in server.head
+
+    async def main():
+        async with RawServer(reply, close=False) as server:
+            conn = _conn(server.url, idle=2)
+            try:
+                t0 = time.monotonic()
+                first = await _ask(conn, "one")
+                t1 = time.monotonic()
+                first_head, batch_after = server.head, conn.pool().batch
+                second = await _ask(conn, "two")
+                return first, second, t1 - t0, time.monotonic() - t1, first_head, server.head, batch_after
+            finally:
+                await conn.close()
+    first, second, t_first, t_second, head1, head2, batch_after = asyncio.run(main())
+    assert first == second == "kept open"
+    assert 0.4 < t_first < 2 and t_second < 0.4
+    assert b"Connection: close\r\n" in head1 and b"Connection: close" not in head2 and batch_after == 0
+    assert "batched reads are off" in caplog.text
+
+
+def test_a_server_that_answers_connection_close_keeps_batched_reads_on():
+    body = _sse("closed")
+    reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def main():
+        async with RawServer(reply, close=True) as server:
+            conn = _conn(server.url, idle=2)
+            try:
+                return [await _ask(conn, "q") for _ in range(2)], server.head, conn.pool().batch
+            finally:
+                await conn.close()
+    texts, head, batch = asyncio.run(main())
+    assert texts == ["closed", "closed"] and b"Connection: close\r\n" in head and batch == BATCH

@@ -23,12 +23,14 @@ many events. The end of a response is then seen by the server's close, not by it
 request asks for `Connection: close` and goes on a fresh connection (no pool to go stale). What the
 kernel holds unread is watched once per tick (FIONREAD): bytes that grew count as activity for the
 idle timeout, and bytes that stopped growing are read at once (the socket drops back to waking for
-every byte), so a slow stream or a server that ignores `Connection: close` costs a tick, never a cut.
+every byte), so a slow stream costs a tick, never a cut. A server whose answer does not say
+`Connection: close` (it will not close) turns batching off for its pool: later requests are kept alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import struct
@@ -43,6 +45,8 @@ from .errors import ConnectionCut, IdleTimeout, RequestError
 if sys.platform != "win32":
     import fcntl
     import termios
+
+log = logging.getLogger("coldstart.client")
 
 # Where the kernel offers both: a wake-up threshold for reads and a count of the bytes unread.
 BATCHED_READS = sys.platform != "win32" and hasattr(socket, "SO_RCVLOWAT")
@@ -83,6 +87,7 @@ class _Connection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.open = True
         self.fd = -1  # batched reads: the socket, while it wakes the loop only for read_batch_bytes
+        self.one_shot = False  # asked for `Connection: close`: never handed back to the pool
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,6 +146,12 @@ class _Connection(asyncio.Protocol):
         if coding != "identity":  # raised through the parser: data_received fails the exchange
             raise RequestError(f"the server answered with Content-Encoding {coding!r} although asked for identity "
                                "(a proxy that compresses?): compressed responses are not read", self.pool.authority)
+        if self.one_shot and self.parser.should_keep_alive():
+            # The server did not answer `Connection: close` (uvicorn, aiohttp do): it will not close
+            # after the response, so each end would wait for a watch tick. Read this one as it comes
+            # and keep later connections alive.
+            self.read_every_byte()
+            self.pool.stop_batching()
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
@@ -154,7 +165,7 @@ class _Connection(asyncio.Protocol):
         ex = self.exchange
         assert ex is not None
         self.exchange = None
-        keep = self.parser.should_keep_alive() and not self.pool.batch
+        keep = self.parser.should_keep_alive() and not self.one_shot
         self._finish(ex)
         if keep and self.open:
             self.parser = httptools.HttpResponseParser(self)
@@ -322,8 +333,15 @@ class Pool:
         except OSError as exc:
             raise ConnectionCut(f"cannot connect to {self.authority}: {exc}") from exc
         if self.batch:
+            conn.one_shot = True
             conn.batch_reads(self.batch)
         return conn, False
+
+    def stop_batching(self) -> None:
+        if self.batch:
+            self.batch = 0
+            log.warning("%s does not close a connection after its response when asked to (Connection: close): "
+                        "batched reads are off for it, its connections are kept alive", self.authority)
 
     def give_back(self, conn: _Connection) -> None:
         if len(self.idle) < self.max_idle:
