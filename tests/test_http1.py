@@ -594,3 +594,39 @@ def test_a_server_that_answers_connection_close_keeps_batched_reads_on():
                 await conn.close()
     texts, head, batch = asyncio.run(main())
     assert texts == ["closed", "closed"] and b"Connection: close\r\n" in head and batch == BATCH
+
+
+class KeepOpenServer(TCPServer):
+    """Never closes a connection and never says `Connection: close`: asked "fast", it answers at
+    once; asked "slow", it streams eight events 0.2 s apart first."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        text = (await self.read_request(reader))[1]["messages"][0]["content"]
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if text == "slow":
+            for i in range(8):
+                await asyncio.sleep(0.2)
+                writer.write(b"%x\r\n%s\r\n" % (len(b": tick\n\n"), b": tick\n\n"))
+        body = _sse(text)
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        await writer.drain()
+        await asyncio.sleep(30)
+
+
+def test_batching_turned_off_mid_run_reads_the_streams_already_in_flight():
+    # "fast" shows the server will not close (batching goes off); "slow", in flight meanwhile on a
+    # batched connection, must still be read when it ends, not left below the threshold until the
+    # idle cut (idle 3 s: it would be cut, and sent again, at ~4.6 s).
+    async def main():
+        async with KeepOpenServer() as server:
+            conn = _conn(server.url, idle=3)
+            try:
+                t0 = time.monotonic()
+                slow = asyncio.create_task(_ask(conn, "slow"))
+                await asyncio.sleep(0.05)
+                fast = await _ask(conn, "fast")
+                return fast, await slow, time.monotonic() - t0, conn.pool().batch
+            finally:
+                await conn.close()
+    fast, slow, elapsed, batch = asyncio.run(main())
+    assert (fast, slow, batch) == ("fast", "slow", 0) and elapsed < 2.5

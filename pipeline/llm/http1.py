@@ -338,6 +338,9 @@ class Pool:
         return conn, False
 
     def stop_batching(self) -> None:
+        for ex in self.active:  # in flight: their ends would not wake the loop either
+            if ex.conn is not None and ex.conn.fd >= 0:
+                ex.conn.read_every_byte()
         if self.batch:
             self.batch = 0
             log.warning("%s does not close a connection after its response when asked to (Connection: close): "
@@ -369,7 +372,7 @@ class Pool:
         while self.active:
             await asyncio.sleep(period)
             now = self.loop.time()
-            if self.batch:
+            if self.batch or any(ex.conn is not None and ex.conn.fd >= 0 for ex in self.active):
                 for ex in self.active:
                     conn = ex.conn
                     if conn is None or conn.fd < 0 or now - ex.last < period:
