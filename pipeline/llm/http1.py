@@ -148,9 +148,8 @@ class _Connection(asyncio.Protocol):
                                "(a proxy that compresses?): compressed responses are not read", self.pool.authority)
         if self.one_shot and self.parser.should_keep_alive():
             # The server did not answer `Connection: close` (uvicorn, aiohttp do): it will not close
-            # after the response, so each end would wait for a watch tick. Read this one as it comes
-            # and keep later connections alive.
-            self.read_every_byte()
+            # after the response, so each end would wait for a watch tick. Read this one (and any
+            # other in flight) as it comes and keep later connections alive.
             self.pool.stop_batching()
 
     def on_body(self, body: bytes) -> None:
@@ -191,7 +190,8 @@ class _Connection(asyncio.Protocol):
             self.transport.write(pending)
 
     def batch_reads(self, nbytes: int) -> None:
-        """Wake the loop only once `nbytes` are waiting (or the connection ends)."""
+        """Wake the loop only once `nbytes` are waiting (or the connection ends); 1: every byte."""
+        self.fd = -1
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         if sock is None:
             return
@@ -199,7 +199,8 @@ class _Connection(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
         except OSError:  # not offered for this socket: every read wakes the loop, as without batching
             return
-        self.fd = sock.fileno()
+        if nbytes > 1:
+            self.fd = sock.fileno()
 
     def unread(self) -> int:
         """Bytes the kernel holds for this connection, not read yet (0 when not batching)."""
@@ -213,7 +214,6 @@ class _Connection(asyncio.Protocol):
     def read_every_byte(self) -> None:
         """Stop batching: what is waiting is read at once, as is every later byte."""
         self.batch_reads(1)
-        self.fd = -1
 
     def _finish(self, ex: Exchange) -> None:
         self.pool.active.discard(ex)
@@ -320,7 +320,7 @@ class Pool:
         raise AssertionError("unreachable")
 
     async def _connection(self) -> tuple[_Connection, bool]:
-        while self.idle and not self.batch:
+        while self.idle:
             conn = self.idle.pop()
             if conn.open and conn.transport is not None and not conn.transport.is_closing():
                 return conn, True
@@ -372,16 +372,15 @@ class Pool:
         while self.active:
             await asyncio.sleep(period)
             now = self.loop.time()
-            if self.batch or any(ex.conn is not None and ex.conn.fd >= 0 for ex in self.active):
-                for ex in self.active:
-                    conn = ex.conn
-                    if conn is None or conn.fd < 0 or now - ex.last < period:
-                        continue
-                    waiting = conn.unread()
-                    if waiting > ex.unread:
-                        ex.unread, ex.last = waiting, now
-                    elif waiting:
-                        conn.read_every_byte()
+            for ex in self.active:
+                conn = ex.conn
+                if conn is None or conn.fd < 0 or now - ex.last < period:
+                    continue
+                waiting = conn.unread()
+                if waiting > ex.unread:
+                    ex.unread, ex.last = waiting, now
+                elif waiting:
+                    conn.read_every_byte()
             for ex in [e for e in self.active if now - e.last > idle]:
                 self.active.discard(ex)
                 err = IdleTimeout(f"no bytes from {self.authority} for {idle:g} s")
