@@ -101,3 +101,24 @@ async def serve_app(app: Any, **runner_kw: Any) -> tuple[Any, str]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+
+
+class ChatServer:
+    """An aiohttp server on loopback whose `handler` answers POST /v1/chat/completions; `async with`
+    starts and stops it (`url` is its /v1 base). `runner_kw` go to its AppRunner."""
+
+    runner_kw: dict[str, Any] = {}
+
+    async def handler(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    async def __aenter__(self):
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handler)
+        self.runner, self.url = await serve_app(app, **self.runner_kw)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()

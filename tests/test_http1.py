@@ -19,7 +19,7 @@ from pipeline.llm.errors import ConnectionCut, IdleTimeout
 from pipeline.llm.http1 import Pool
 from pipeline.llm.transport import Connection, stream_chat
 
-from .conftest import serve_app
+from .conftest import ChatServer
 
 pytestmark = pytest.mark.usefixtures("each_event_loop")  # every case on asyncio and on uvloop
 
@@ -33,13 +33,13 @@ def _sse(text: str) -> bytes:
     return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (chunk, usage)) + b"data: [DONE]\n\n"
 
 
-class CountingServer:
+class CountingServer(ChatServer):
     """aiohttp server answering each chat request with one short stream; notes the client port
     of every request (one port = one TCP connection)."""
 
     def __init__(self, keepalive_timeout: float = 75.0, hold_s: float = 0.0):
         self.peers: list[int] = []
-        self.keepalive_timeout, self.hold_s = keepalive_timeout, hold_s
+        self.runner_kw, self.hold_s = {"keepalive_timeout": keepalive_timeout}, hold_s
 
     async def handler(self, request):
         body = await request.json()
@@ -52,15 +52,6 @@ class CountingServer:
         await resp.write(_sse(body["messages"][0]["content"]))
         await resp.write_eof()
         return resp
-
-    async def __aenter__(self):
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.handler)
-        self.runner, self.url = await serve_app(app, keepalive_timeout=self.keepalive_timeout)
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.runner.cleanup()
 
 
 async def _ask(conn: Connection, text: str) -> str:
@@ -459,13 +450,14 @@ def test_https_endpoints_are_verified_and_streamed(tmp_path, monkeypatch):
 
 # ---- batched reads ------------------------------------------------------------------------------
 
-class TrickleServer:
+class TrickleServer(ChatServer):
     """Streams `events` SSE events of ~100 bytes, `gap_s` apart, each written on its own (one TCP
     segment each, as vLLM's server writes them), then the finish; optionally goes silent for good
     after `silent_after` events. Notes each request's `Connection` header and client port."""
 
     def __init__(self, events: int, gap_s: float, silent_after: int = -1):
         self.events, self.gap_s, self.silent_after = events, gap_s, silent_after
+        self.released = asyncio.Event()  # set when the test ends: a silent handler returns then
         self.connection_headers: list[str | None] = []
         self.peers: list[int] = []
 
@@ -487,16 +479,9 @@ class TrickleServer:
         await resp.write_eof()
         return resp
 
-    async def __aenter__(self):
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.handler)
-        self.runner, self.url = await serve_app(app)
-        self.released = asyncio.Event()
-        return self
-
     async def __aexit__(self, *exc):
         self.released.set()
-        await self.runner.cleanup()
+        await super().__aexit__(*exc)
 
 
 def _count_reads(monkeypatch) -> list[int]:

@@ -15,7 +15,7 @@ from pipeline.llm.errors import ConnectionCut, IdleTimeout, StatusError, StreamE
 from pipeline.llm import transport
 from pipeline.llm.transport import Connection, stream_chat
 
-from .conftest import serve_app
+from .conftest import ChatServer
 
 pytestmark = pytest.mark.usefixtures("each_event_loop")  # every case on asyncio and on uvloop
 
@@ -45,7 +45,7 @@ def _body(reasoning=True) -> bytes:
     return b"".join(out)
 
 
-class WireServer:
+class WireServer(ChatServer):
     """Writes the given bytes as the body, in pieces of `piece` bytes, one HTTP chunk each."""
 
     def __init__(self, body: bytes, piece: int = 0, status: int = 200, headers=None, pause_s: float = 0,
@@ -70,15 +70,6 @@ class WireServer:
             await asyncio.sleep(0)
         await resp.write_eof()
         return resp
-
-    async def __aenter__(self):
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.handler)
-        self.runner, self.url = await serve_app(app)
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.runner.cleanup()
 
 
 async def _send(server: WireServer, idle: float = 5):
