@@ -16,8 +16,10 @@ import io
 import json
 import math
 import os
+import stat
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,12 +74,20 @@ class EncodedImage:
     transforms: list[str] = field(default_factory=list)  # empty: the original bytes were sent
 
 
+# Folders whose real path is remembered (ImageRoots._dirs); past this many the memory starts over.
+MAX_REMEMBERED_DIRS = 4096
+
+
 @dataclass(frozen=True)
 class ImageRoots:
     """Folders an input image may resolve into: image_root, extra trusted roots, <out>/images/."""
 
     image_root: Path | None = None
     trusted: tuple[Path, ...] = ()
+    # Each folder's real path, by the path as written: resolving every component of every image's
+    # path (an lstat each, ~14 calls per image with the reads' own) cost a GIL hand-off per call on
+    # the image threads, and costs a metadata round trip per call on a network filesystem.
+    _dirs: dict[str, Path] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
     def of(cls, image_root: Path | None, extra: list[Path] | tuple[Path, ...] = (),
@@ -103,6 +113,10 @@ class ImageRoots:
         Relative paths are relative to image_root (to the working folder when there is none);
         `..`, absolute paths and symlinks are followed first, so only where the file really is counts.
         """
+        return self.locate(raw)[0]
+
+    def locate(self, raw: object) -> tuple[Path, os.stat_result | None]:
+        """`resolve`, with the file's own stat when it came for free (None: not known, or missing)."""
         if not isinstance(raw, str):
             raise ImageError("image_missing", f"the image path is a {type(raw).__name__}, not a string: {raw!r:.80}")
         if not raw.strip():
@@ -112,17 +126,41 @@ class ImageRoots:
         candidate = Path(raw)
         if not candidate.is_absolute() and self.image_root is not None:
             candidate = self.image_root / candidate
-        try:
-            path = candidate.resolve()
-        except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, name too long
-            raise ImageError("image_missing", f"{raw!r:.200} cannot be resolved: {exc}") from None
+        path, st = self._in_known_folder(candidate)
+        if path is None:
+            try:
+                path = candidate.resolve()
+            except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, name too long
+                raise ImageError("image_missing", f"{raw!r:.200} cannot be resolved: {exc}") from None
         if not any(path.is_relative_to(root) for root in self.all):
             roots = ", ".join(str(r) for r in self.all) or "none"
             hint = "; a relative path needs image_root (--image-root)" if self.image_root is None and \
                 not Path(raw).is_absolute() else ""
             raise ImageError("image_path_escape",
                              f"{raw!r:.200} resolves to {path}, outside the trusted roots: {roots}{hint}")
-        return path
+        return path, st
+
+    def _in_known_folder(self, candidate: Path) -> tuple[Path | None, os.stat_result | None]:
+        """The real path of a file that is not a symlink, from its folder's remembered real path and
+        one lstat; (None, None) where the full resolve must decide (a symlink, a missing file, `..`)."""
+        name = candidate.name
+        if name in ("", ".", ".."):
+            return None, None
+        key = str(candidate.parent)
+        folder = self._dirs.get(key)
+        try:
+            if folder is None:
+                folder = candidate.parent.resolve()
+                if len(self._dirs) >= MAX_REMEMBERED_DIRS:
+                    self._dirs.clear()
+                self._dirs[key] = folder
+            path = folder / name
+            st = os.lstat(path)
+        except (OSError, RuntimeError, ValueError):
+            return None, None
+        if stat.S_ISLNK(st.st_mode):
+            return None, None
+        return path, st
 
 
 def _as_roots(roots: ImageRoots | Path) -> ImageRoots:
@@ -134,23 +172,50 @@ def resolve_inside(root: ImageRoots | Path, raw: str) -> Path:
     return _as_roots(root).resolve(raw)
 
 
-def _checked(roots: ImageRoots | Path, raw: object, max_file_bytes: int) -> Path:
-    path = _as_roots(roots).resolve(raw)
-    if not path.is_file():
+def _checked(roots: ImageRoots | Path, raw: object, max_file_bytes: int) -> tuple[Path, int]:
+    """The real path and size of an image file within the limits; ImageError otherwise."""
+    path, st = _as_roots(roots).locate(raw)
+    if st is None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ImageError("image_missing", f"{raw!r} not found (resolved to {path})") from None
+    if not stat.S_ISREG(st.st_mode):
         raise ImageError("image_missing", f"{raw!r} not found (resolved to {path})")
-    size = path.stat().st_size
+    size = st.st_size
     if size == 0:
         raise ImageError("image_empty", f"{raw!r} is an empty file")
     if size > max_file_bytes:
         raise ImageError("image_too_large", f"{raw!r} is {size} bytes > max_file_bytes {max_file_bytes}")
-    return path
+    return path, size
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _read_pieces(path: Path, size: int, max_file_bytes: int, piece_bytes: int) -> Iterator[bytes]:
+    """The file's bytes in pieces of at most `piece_bytes`, read with os calls (each releases the
+    GIL: Python's file object adds an fstat and a seek). A file grown past `max_file_bytes` since
+    it was checked is refused."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        total = 0
+        want = min(size + 1, piece_bytes)  # size + 1: a file read whole in one call (the next sees EOF)
+        while piece := os.read(fd, want):
+            total += len(piece)
+            if total > max_file_bytes:
+                raise ImageError("image_too_large", f"{str(path)!r} grew past max_file_bytes {max_file_bytes} while read")
+            yield piece
+            want = piece_bytes
+    finally:
+        os.close(fd)
 
 
 def read_image_file(roots: ImageRoots | Path, raw: object, max_file_bytes: int) -> tuple[Path, bytes]:
     """Resolve and read one image file with its size limits checked; ImageError on any failure."""
     try:
-        path = _checked(roots, raw, max_file_bytes)
-        return path, path.read_bytes()
+        path, size = _checked(roots, raw, max_file_bytes)
+        return path, b"".join(_read_pieces(path, size, max_file_bytes, max(size + 1, 1 << 16)))
     except OSError as exc:  # unreadable, name too long, vanished meanwhile
         raise ImageError("image_missing", f"{raw!r} cannot be read: {type(exc).__name__}: {exc}") from None
 
@@ -166,11 +231,10 @@ def image_file_sha256(roots: ImageRoots | Path, raw: object, max_file_bytes: int
     """The file's content hash, read in HASH_PIECE_BYTES pieces (the same checks as
     `read_image_file`): screening hashes every row's images ahead of time and need not hold them whole."""
     try:
-        path = _checked(roots, raw, max_file_bytes)
+        path, size = _checked(roots, raw, max_file_bytes)
         digest = hashlib.sha256()
-        with path.open("rb", buffering=0) as fh:
-            while piece := fh.read(HASH_PIECE_BYTES):
-                digest.update(piece)
+        for piece in _read_pieces(path, size, max_file_bytes, HASH_PIECE_BYTES):
+            digest.update(piece)
         return digest.hexdigest()
     except OSError as exc:
         raise ImageError("image_missing", f"{raw!r} cannot be read: {type(exc).__name__}: {exc}") from None

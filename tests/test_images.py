@@ -120,6 +120,51 @@ def test_symlinked_folder_into_a_trusted_root(root, tmp_path):
     assert exc.value.reason == "image_path_escape"
 
 
+def test_a_remembered_folder_still_refuses_a_symlink_out_and_follows_a_symlinked_folder(root, tmp_path):
+    # The first image makes its folder's real path remembered; the checks must not be skipped after it.
+    roots = ImageRoots.of(root)
+    assert load_image(roots, "sub/ok.png", ImageConfig()).width == 64
+    Image.new("RGB", (8, 8)).save(tmp_path / "private.png")
+    (root / "sub" / "leak.png").symlink_to(tmp_path / "private.png")
+    (root / "sub" / "inside.png").symlink_to(root / "sub" / "ok.png")
+    (tmp_path / "private_dir").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "private_dir" / "x.png")
+    (root / "sub" / "out").symlink_to(tmp_path / "private_dir", target_is_directory=True)
+    for raw in ("sub/leak.png", "sub/out/x.png", "sub/out/x.png"):  # twice: the folder remembered by then
+        with pytest.raises(ImageError) as exc:
+            load_image(roots, raw, ImageConfig())
+        assert exc.value.reason == "image_path_escape", raw
+    im = load_image(roots, "sub/inside.png", ImageConfig())  # a symlink that stays inside: its target
+    assert im.resolved == (root / "sub" / "ok.png").resolve()
+    assert roots.resolve("sub/../sub/ok.png") == (root / "sub" / "ok.png").resolve()
+    with pytest.raises(ImageError) as exc:
+        load_image(roots, "sub/missing.png", ImageConfig())
+    assert exc.value.reason == "image_missing"
+    with pytest.raises(ImageError) as exc:
+        load_image(roots, "sub", ImageConfig())  # a folder is not an image
+    assert exc.value.reason == "image_missing"
+
+
+def test_images_of_one_folder_cost_one_stat_each_after_the_first(root, monkeypatch):
+    # Each stat is a GIL hand-off on the image threads and a metadata round trip on a network
+    # filesystem: resolving every component of every path cost ~14 per image.
+    deep = root / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    for i in range(20):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(deep / f"{i}.png")
+    roots = ImageRoots.of(root)
+    calls = []
+    real_lstat, real_stat = os.lstat, os.stat
+    monkeypatch.setattr(os, "lstat", lambda p, *a, **k: calls.append(p) or real_lstat(p, *a, **k))
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: calls.append(p) or real_stat(p, *a, **k))
+    got = [load_image(roots, f"a/b/c/d/{i}.png", ImageConfig()) for i in range(20)]
+    assert [sent_bytes(im) for im in got] == [(deep / f"{i}.png").read_bytes() for i in range(20)]
+    assert len(calls) <= 20 + 12, calls  # one per image, and the folder's own resolve once
+    calls.clear()
+    assert file_hashes(roots, ["a/b/c/d/3.png"], 1 << 20) == [hashlib.sha256((deep / "3.png").read_bytes()).hexdigest()]
+    assert len(calls) == 1
+
+
 def test_out_images_is_always_trusted_and_config_roots(tmp_path):
     out = tmp_path / "out"
     (out / "images").mkdir(parents=True)
