@@ -185,3 +185,19 @@ def test_coldstart_simulate_serves_streams_from_its_own_process(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_body_that_is_not_json_gets_a_400_as_from_vllm_and_the_server_goes_on():
+    async def post(url: str, data: bytes) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url + "/chat/completions", data=data,
+                              headers={"Content-Type": "application/json"}) as r:
+                return r.status, await r.json()
+
+    with SimServer(SimConfig(models=["r1"], length_mu=math.log(20), length_sigma=0.01)) as sim:
+        status, err = asyncio.run(post(sim.url, b'{"model": "r1", "messages": [truncated'))
+        assert status == 400 and "JSON" in err["error"]["message"]
+        status, _ = asyncio.run(post(sim.url, b'\xff\xfe not utf-8'))
+        assert status == 400
+        assert sim.stats()["status_counts"] == {"400": 2}
+        assert _assemble(asyncio.run(_events(sim.url)))["choices"][0]["finish_reason"] == "stop"
