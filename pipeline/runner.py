@@ -23,6 +23,7 @@ from .llm import EndpointCheckFailed, ModelClient
 from .config import ConvertConfig
 from .counters import RunCounters
 from .dedup import Decontaminator, Deduplicator, file_hashes, load_benchmark
+from .eventloop import Turns
 from .filters import Drop
 from .images import ImageError, ImageRoots, kept_image_paths, load_images
 from .quality import Choice, QualityGate
@@ -66,6 +67,7 @@ class Converter:
         self.out = Path(cfg.out)
         self.counters = RunCounters()
         self.roots = ImageRoots.from_config(cfg)  # image_root, image_roots and <out>/images/
+        self.turns = Turns()  # the quality rules take turns on the loop (eventloop.Turns)
         self.show_progress = cfg.progress if progress is None else progress
 
     async def run(self) -> dict[str, Any]:
@@ -278,6 +280,7 @@ class Converter:
         for i, (r, v) in enumerate(zip(traces, verdicts)):
             if not v.correct:
                 continue
+            await self.turns.take()  # the rules below are the heaviest CPU step of a sample
             trace = self.gate.trace(sample, description, r, v.pred)
             await self.gate.prepare(trace)
             kept = self.gate.chain(trace)

@@ -337,3 +337,33 @@ def test_only_samples_near_the_vlm_hold_their_images(tmp_path, monkeypatch):
         manifest = asyncio.run(Converter(cfg).run())
     assert manifest["counts"]["read"] == 40 and manifest["counts"]["kept"] > 0
     assert 2 <= peak[0] <= 10
+
+
+def test_each_trace_takes_a_turn_on_the_loop_before_its_quality_rules(tmp_path, sims, monkeypatch):
+    """The rules (~5 ms a trace) run one per loop iteration (eventloop.Turns): a burst of finished
+    traces must not hold up the requests waiting to be sent."""
+    from pipeline import runner as runner_mod
+    from pipeline.eventloop import Turns
+    from pipeline.filters import FilterChain
+
+    made, gated = [], []
+
+    class Counted(Turns):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    real_chain = FilterChain.__call__
+
+    def chain(self, trace):
+        gated.append(made[0].taken)  # turns given out by the time this trace's rules run
+        return real_chain(self, trace)
+
+    monkeypatch.setattr(runner_mod, "Turns", Counted)
+    monkeypatch.setattr(FilterChain, "__call__", chain)
+    vlm, reasoner = sims
+    input_path, image_root = make_demo_dataset(tmp_path / "input", n=12)
+    manifest = convert_in_process(input_path, image_root, tmp_path / "out", vlm, reasoner)
+    assert manifest["counts"]["kept"] > 0 and len(gated) >= manifest["counts"]["kept"]
+    assert made[0].taken == len(gated)
+    assert all(a < b for a, b in zip(gated, gated[1:]))  # a fresh turn before each

@@ -79,3 +79,58 @@ def test_a_run_leaves_a_callers_own_frozen_objects_frozen():
     finally:
         gc.unfreeze()
     assert id(marker) in {id(o) for o in gc.get_objects()}  # what unfreeze() would have done
+
+
+async def _burst(use_turns: bool, n: int = 20) -> tuple[int, list[int], int]:
+    """n CPU-heavy steps become ready in one loop iteration (traces whose verdicts came back together)
+    while a request needs four iterations to go out (connect, write, ...): how many heavy steps ran
+    before it was out, in which order they ran, and how many turns were given."""
+    import time
+
+    turns, ran = eventloop.Turns(), []
+
+    async def heavy(i: int) -> None:
+        await asyncio.sleep(0)
+        if use_turns:
+            await turns.take()
+        time.sleep(0.002)  # ~a quality gate's rules
+        ran.append(i)
+
+    async def send() -> int:
+        await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return len(ran)
+
+    heavies = [asyncio.create_task(heavy(i)) for i in range(n)]
+    sent_after = await asyncio.create_task(send())
+    await asyncio.gather(*heavies)
+    return sent_after, ran, turns.taken
+
+
+def test_heavy_steps_take_turns_so_a_burst_does_not_hold_up_a_send(each_event_loop):
+    sent_after, ran, _ = asyncio.run(_burst(use_turns=False))
+    assert sent_after == 20  # without turns the whole burst runs in one iteration, before the send
+    sent_after, ran, taken = asyncio.run(_burst(use_turns=True))
+    assert sent_after <= 4  # one per iteration
+    assert ran == list(range(20)) and taken == 20  # all of them, first come first served
+
+
+def test_a_cancelled_turn_passes_to_the_next_waiter(each_event_loop):
+    async def main() -> list[str]:
+        turns, got = eventloop.Turns(), []
+
+        async def wait(name: str) -> None:
+            await turns.take()
+            got.append(name)
+
+        a, b, c = (asyncio.create_task(wait(x)) for x in "abc")
+        await asyncio.sleep(0)  # all three waiting
+        b.cancel()
+        await asyncio.gather(a, c)
+        await asyncio.sleep(0)
+        assert b.cancelled() and turns.taken == 2
+        await asyncio.wait_for(turns.take(), 1)  # still handing out turns after
+        return got
+
+    assert asyncio.run(main()) == ["a", "c"]
