@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_convert.py --workload png512 --busy both     # quiet, then with a busy core
     .venv/bin/python benchmarks/bench_convert.py --workload jpeg1024 --clients coldstart,plain
     .venv/bin/python benchmarks/bench_convert.py --workload replicas               # 4 VLM + 4 reasoner replicas
+    .venv/bin/python benchmarks/bench_convert.py --workload replicas --busy both --repeat 3  # medians of 3 rounds
 
 Workloads (benchmarks/workload.py builds and caches the files under outputs/bench/data/):
   png512    300 samples, 512x512 PNG of noise-like content (~378 KB each)
@@ -50,6 +51,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -364,6 +366,51 @@ def run_one(name: str, args, work: Path, data: tuple[Path, Path], ports: dict[st
     return result
 
 
+def summary(rows: list[dict]) -> list[dict]:
+    """One row per client and machine state over the rounds: medians, the ratio's range, the largest
+    peak RSS (a single round's figure can fall in a slow spell of the machine: the median does not)."""
+    groups: dict[tuple[str, bool], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["client"], r["busy_machine"]), []).append(r)
+    out = []
+    for (client, busy), rs in groups.items():
+        med = lambda f: round(statistics.median(f(r) for r in rs), 3)  # noqa: E731
+        ratios = [r["ratio"] for r in rs if r["ratio"] is not None]
+        out.append({
+            "client": client, "busy_machine": busy, "rounds": len(rs),
+            "wall_s": med(lambda r: r["wall_s"]), "ideal_streaming_floor_s": med(lambda r: r["ideal_streaming_floor_s"]),
+            "ratio": round(statistics.median(ratios), 3) if ratios else None,
+            "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+            "client_cpu_ms_per_sample": med(lambda r: r["client_cpu_ms_per_sample"]),
+            "client_cpu_ms_per_sample_range": [min(r["client_cpu_ms_per_sample"] for r in rs),
+                                               max(r["client_cpu_ms_per_sample"] for r in rs)],
+            "server_cpu_s_total": med(lambda r: sum(sum(v) for v in r["server_cpu_s"].values())),
+            "server_cpu_share_of_machine": med(lambda r: r["server_cpu_share_of_machine"]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "store_bytes_per_sample": med(lambda r: r["store_bytes_per_sample"]),
+            "busy_vlm_slots": min(sum(r["max_busy_slots"]["vlm"]) for r in rs), "vlm_slots": rs[0]["slots"]["vlm"],
+            "busy_reasoner_slots": min(sum(r["max_busy_slots"]["reasoner"]) for r in rs),
+            "reasoner_slots": rs[0]["slots"]["reasoner"],
+        })
+    return out
+
+
+def summary_table(rows: list[dict]) -> str:
+    head = ("client", "machine", "rounds", "wall s", "floor s", "ratio (range)", "CPU ms/sample (range)",
+            "server CPU s", "peak RSS MB", "store B/sample", "busy VLM slots", "busy R1 slots")
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        lo, hi = r["ratio_range"] or (None, None)
+        clo, chi = r["client_cpu_ms_per_sample_range"]
+        lines.append(" | ".join(str(x) for x in (
+            r["client"], "busy" if r["busy_machine"] else "quiet", r["rounds"], r["wall_s"], r["ideal_streaming_floor_s"],
+            f"{r['ratio']}x ({lo}-{hi})", f"{r['client_cpu_ms_per_sample']} ({clo}-{chi})",
+            f"{r['server_cpu_s_total']:.1f} ({100 * r['server_cpu_share_of_machine']:.0f}%)",
+            r["peak_rss_mb"], r["store_bytes_per_sample"], f"{r['busy_vlm_slots']}/{r['vlm_slots']}",
+            f"{r['busy_reasoner_slots']}/{r['reasoner_slots']}")))
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = ("client", "machine", "wall s", "floor s", "ratio", "CPU ms/sample", "server CPU s", "peak RSS MB",
             "store B/sample", "busy VLM slots", "busy R1 slots")
@@ -404,6 +451,9 @@ def main() -> None:
                     help="start the simulators at this nice value (diagnosis: servers off the client's CPU)")
     ap.add_argument("--read-batch-bytes", type=int, default=None,
                     help="coldstart's read_batch_bytes for both roles (default: the config's; 0: a read per event)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds: every client measured this many times, their order rotated each round; "
+                         "the table then gives medians and ranges (the machine drifts between runs)")
     ap.add_argument("--curator-venv", type=Path, default=ROOT / "outputs" / "bench" / "curator-venv")
     args = ap.parse_args()
     kind, n, replicas = WORKLOADS[args.workload]
@@ -415,6 +465,8 @@ def main() -> None:
 
     if args.stream_interval < 1:
         ap.error("--stream-interval must be at least 1")
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     common = {"slots": args.slots, "per_token_s": args.per_token_s, "ttft_s": args.ttft_s,
               "stream_interval": args.stream_interval, "length_sigma": args.sigma, "keep_prompts": 3 * n + 1000}
     ports = {"vlm": [args.base_port + i for i in range(replicas)],
@@ -430,10 +482,14 @@ def main() -> None:
     try:
         sim_procs = {"vlm": [psutil.Process(p.pid) for p in sims[:replicas]],
                      "reasoner": [psutil.Process(p.pid) for p in sims[replicas:]]}
-        for busy in {"off": [False], "on": [True], "both": [False, True]}[args.busy]:
-            for name in args.clients.split(","):
-                rows.append(run_one(name, args, work, data, ports, n, busy, sim_procs))
-                print(json.dumps(rows[-1]), flush=True)
+        clients = args.clients.split(",")
+        for round_ in range(args.repeat):
+            # Rotated each round: no client always runs first (or right after another's tail).
+            order = clients[round_ % len(clients):] + clients[:round_ % len(clients)]
+            for busy in {"off": [False], "on": [True], "both": [False, True]}[args.busy]:
+                for name in order:
+                    rows.append({**run_one(name, args, work, data, ports, n, busy, sim_procs), "round": round_})
+                    print(json.dumps(rows[-1]), flush=True)
     finally:
         for p in sims:
             p.terminate()
@@ -445,10 +501,14 @@ def main() -> None:
           + (f"; simulators at nice {args.sim_nice} (diagnosis, not the README's setting)" if args.sim_nice else "")
           + (f"; coldstart read_batch_bytes {args.read_batch_bytes}" if args.read_batch_bytes is not None else ""))
     print(table(rows))
+    if args.repeat > 1:
+        print(f"\nover {args.repeat} rounds:")
+        print(summary_table(summary(rows)))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"{args.workload}-{stamp}.json"
     path.write_text(json.dumps({"workload": args.workload, "kind": kind, "n": n, "replicas": replicas,
-                                "settings": {k: str(v) for k, v in vars(args).items()}, "results": rows},
+                                "settings": {k: str(v) for k, v in vars(args).items()}, "results": rows,
+                                **({"summary": summary(rows)} if args.repeat > 1 else {})},
                                indent=2) + "\n")
     print(f"\nfigures written to {path}")
 
