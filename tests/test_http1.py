@@ -16,7 +16,7 @@ from aiohttp import web
 
 from pipeline.config import EndpointConfig
 from pipeline.llm.errors import ConnectionCut, IdleTimeout
-from pipeline.llm.http1 import Pool
+from pipeline.llm.http1 import SPARE_CONNECTIONS, Pool
 from pipeline.llm.transport import Connection, stream_chat
 
 from .conftest import ChatServer
@@ -264,7 +264,9 @@ def test_a_cancelled_request_drops_its_connection_and_the_next_one_works(batch):
                 with pytest.raises(asyncio.CancelledError):
                     await task
                 pool = conn.pool()
-                assert pool.idle == [] and pool.active == set()  # not handed back half-read
+                # Not handed back half-read (with batched reads the pool holds only unused spares).
+                assert pool.active == set() and all(c.exchange is None and c.open for c in pool.idle)
+                assert len(pool.idle) == (0 if batch == 0 else len(pool.idle)) <= SPARE_CONNECTIONS
                 return await _ask(conn, "next"), server.peers
             finally:
                 await conn.close()
@@ -324,6 +326,9 @@ def test_a_request_body_is_let_go_once_the_response_starts(batch):
         async with CountingServer(hold_s=0.5) as server:
             conn = _conn(server.url, batch=batch)
             try:
+                await _ask(conn, "warm")  # with batched reads the next request goes on a spare
+                await asyncio.sleep(0.1)
+                assert len(conn.pool().idle) == (SPARE_CONNECTIONS if batch else 1)
                 task = asyncio.create_task(_ask(conn, "x" * 100_000))
                 await asyncio.sleep(0.25)  # headers and a comment came; the answer has not
                 (ex,) = conn.pool().active
@@ -615,3 +620,104 @@ def test_batching_turned_off_mid_run_reads_the_streams_already_in_flight():
                 await conn.close()
     fast, slow, elapsed, batch = asyncio.run(main())
     assert (fast, slow, batch) == ("fast", "slow", 0) and elapsed < 2.5
+
+
+# ---- connections opened ahead (batched reads) -------------------------------------------------
+
+class IdleCloser(TCPServer):
+    """Closes a connection that has asked nothing within `grace` seconds (servers drop idle
+    connections); answers each request on the others once, then closes."""
+
+    def __init__(self, grace: float):
+        self.grace, self.requests, self.connections = grace, 0, 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.connections += 1
+        try:
+            _, body = await asyncio.wait_for(self.read_request(reader), self.grace)
+        except asyncio.TimeoutError:
+            writer.close()
+            return
+        self.requests += 1
+        data = _sse(body["messages"][0]["content"])
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+        await writer.drain()
+        writer.close()
+
+
+def test_requests_go_out_on_connections_opened_ahead_without_waiting_for_a_connect(monkeypatch):
+    async def main():
+        async with IdleCloser(grace=30) as server:
+            conn = _conn(server.url)
+            try:
+                first = await _ask(conn, "one")  # no spare yet: connects itself, then opens spares
+                pool = conn.pool()
+                for _ in range(100):
+                    if len(pool.idle) == SPARE_CONNECTIONS and server.connections == 1 + SPARE_CONNECTIONS:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(pool.idle) == SPARE_CONNECTIONS and server.connections == 1 + SPARE_CONNECTIONS
+
+                async def never(self):  # from here a connect would never finish
+                    await asyncio.sleep(3600)
+                monkeypatch.setattr(Pool, "_connect", never)
+                answers = [await asyncio.wait_for(_ask(conn, f"q{i}"), 5) for i in range(3)]
+                return first, answers, server.requests
+            finally:
+                await conn.close()
+    first, answers, requests = asyncio.run(main())
+    assert first == "one" and answers == ["q0", "q1", "q2"] and requests == 4
+
+
+def test_spares_the_server_closed_are_skipped_and_each_request_goes_once():
+    async def main():
+        async with IdleCloser(grace=0.2) as server:
+            conn = _conn(server.url)
+            try:
+                first = await _ask(conn, "one")
+                await asyncio.sleep(0.5)  # the server drops every spare meanwhile
+                second = await _ask(conn, "two")
+                return first, second, server.requests, len(conn.pool().idle)
+            finally:
+                await conn.close()
+    first, second, requests, spares = asyncio.run(main())
+    assert (first, second, requests) == ("one", "two", 2) and spares <= SPARE_CONNECTIONS
+
+
+def test_a_spare_closed_by_the_server_is_seen_before_the_loop_hears_of_it():
+    # The server's close may still be on its way to the loop when a request takes the spare: the
+    # socket itself says so (readable with nothing asked), and the spare is not used.
+    import socket as socket_mod
+    import threading
+    import time
+
+    listener = socket_mod.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted = []
+
+    def serve():
+        for _ in range(2):
+            s, _ = listener.accept()
+            accepted.append(s)
+    thread = threading.Thread(target=serve)
+    thread.start()
+
+    async def main():
+        pool = Pool(f"http://127.0.0.1:{port}/v1", idle_timeout_s=5, read_batch_bytes=BATCH)
+        try:
+            kept, dropped = await pool._connect(), await pool._connect()
+            thread.join(5)
+            accepted[1].close()  # the server drops the second
+            time.sleep(0.2)  # the loop does not run: it has not heard
+            seen = kept.open, dropped.open, kept.peer_closed(), dropped.peer_closed()
+            pool.idle[:] = [kept, dropped]  # both spares; the dropped one would be taken first
+            taken, fresh = await pool._connection()  # (no await inside before a spare is chosen)
+            return seen, taken is kept, fresh, dropped.open
+        finally:
+            pool.close()
+    try:
+        assert asyncio.run(main()) == ((True, True, False, True), True, False, False)
+    finally:
+        for s in accepted:
+            s.close()
+        listener.close()
