@@ -340,8 +340,8 @@ class Pool:
         raise AssertionError("unreachable")
 
     async def _connection(self) -> tuple[_Connection, bool]:
-        """A connection for one request, and whether it was opened before this request (pooled or a
-        spare: the server may have closed it meanwhile, so the request may have to go again)."""
+        """A connection for one request, and whether it is a kept-alive one the server may have
+        closed meanwhile (its request may then go again); a spare past its check counts as fresh."""
         while self.idle:
             conn = self.idle.pop()
             if not conn.open or conn.transport is None or conn.transport.is_closing():
