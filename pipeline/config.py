@@ -43,6 +43,9 @@ class EndpointConfig(_Strict):
     # Each request then goes on its own connection (`Connection: close`), so that the server's close
     # shows a response's end at once. 0: wake for every event, keep-alive connections.
     read_batch_bytes: int = Field(16384, ge=0, le=1 << 20)
+    # With batched reads: connections opened ahead, so a request need not wait for a connect once
+    # it has its slot (each is used for one request). 0: connect per request.
+    spare_connections: int = Field(8, ge=0, le=256)
     max_attempts: int = Field(8, ge=1)  # tries per request before the row is rejected
     max_backoff_s: float = Field(60.0, gt=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

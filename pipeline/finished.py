@@ -24,7 +24,7 @@ from .prompts import DEFAULT_PROMPT_DIR
 # Settings that change how fast a run goes, not what it writes.
 OPERATIONAL = {"progress", "max_concurrency", "max_in_flight", "verify_workers", "url", "urls", "idle_timeout_s",
                "max_attempts", "max_backoff_s", "api_key_env", "cache_path", "out", "failures_before_cooldown",
-               "cooldown_s", "store", "reuse_finished", "event_loop"}
+               "cooldown_s", "store", "reuse_finished", "event_loop", "read_batch_bytes", "spare_connections"}
 MARKER = Path(".state") / "finished.json"
 
 

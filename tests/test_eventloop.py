@@ -49,6 +49,10 @@ def test_the_loop_does_not_change_what_a_finished_run_is():
     assert config_fingerprint(a) == config_fingerprint(b)
     c = ConvertConfig(hint_answer=True).model_dump(mode="json")
     assert config_fingerprint(a) != config_fingerprint(c)
+    # How responses are read and connections opened does not change them either.
+    d = ConvertConfig(event_loop="asyncio", vlm={"read_batch_bytes": 0, "spare_connections": 0},
+                      reasoner={"spare_connections": 32}).model_dump(mode="json")
+    assert config_fingerprint(a) == config_fingerprint(d)
 
 
 def test_a_run_sets_the_gc_for_a_conversion_and_restores_it():

@@ -721,3 +721,20 @@ def test_a_spare_closed_by_the_server_is_seen_before_the_loop_hears_of_it():
         for s in accepted:
             s.close()
         listener.close()
+
+
+def test_spare_connections_zero_connects_per_request_and_is_a_config_setting():
+    async def main():
+        async with IdleCloser(grace=30) as server:
+            conn = Connection(server.url, EndpointConfig(url=server.url, model="m", spare_connections=0))
+            try:
+                answers = [await _ask(conn, f"q{i}") for i in range(3)]
+                await asyncio.sleep(0.1)
+                return answers, server.connections, conn.pool().idle
+            finally:
+                await conn.close()
+    answers, connections, idle = asyncio.run(main())
+    assert answers == ["q0", "q1", "q2"] and connections == 3 and idle == []
+    assert EndpointConfig().spare_connections == SPARE_CONNECTIONS
+    with pytest.raises(ValueError):
+        EndpointConfig(spare_connections=-1)

@@ -25,7 +25,7 @@ kernel holds unread is watched once per tick (FIONREAD): bytes that grew count a
 idle timeout, and bytes that stopped growing are read at once (the socket drops back to waking for
 every byte), so a slow stream costs a tick, never a cut. A server whose answer does not say
 `Connection: close` (it will not close) turns batching off for its pool: later requests are kept alive.
-A few connections are opened ahead (`SPARE_CONNECTIONS`), so a request goes out in the loop iteration
+A few connections are opened ahead (`spare_connections`), so a request goes out in the loop iteration
 that gave it its slot instead of waiting for a connect (two iterations: on a loaded loop, ~40 ms each).
 """
 
@@ -53,7 +53,7 @@ log = logging.getLogger("coldstart.client")
 
 # Where the kernel offers both: a wake-up threshold for reads and a count of the bytes unread.
 BATCHED_READS = sys.platform != "win32" and hasattr(socket, "SO_RCVLOWAT")
-# With batched reads, connections opened ahead per pool, each used for one request.
+# With batched reads, connections opened ahead per pool (the default), each used for one request.
 SPARE_CONNECTIONS = 8
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer closed its side
 
@@ -263,7 +263,8 @@ class _Connection(asyncio.Protocol):
 class Pool:
     """Keep-alive connections to one endpoint, for one event loop."""
 
-    def __init__(self, url: str, idle_timeout_s: float, max_idle: int = 256, read_batch_bytes: int = 0):
+    def __init__(self, url: str, idle_timeout_s: float, max_idle: int = 256, read_batch_bytes: int = 0,
+                 spare_connections: int = SPARE_CONNECTIONS):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -277,6 +278,7 @@ class Pool:
         # Batched reads for plain http only: over TLS a fresh connection per request would cost a
         # handshake each, more than the reads it saves.
         self.batch = read_batch_bytes if read_batch_bytes > 1 and BATCHED_READS and self.ssl is None else 0
+        self.spares = spare_connections
         self.loop = asyncio.get_running_loop()
         self.idle: list[_Connection] = []  # kept-alive connections; with batched reads, spares opened ahead
         self.active: set[Exchange] = set()
@@ -374,8 +376,8 @@ class Pool:
         return conn
 
     def _open_spares(self) -> None:
-        """Connect in the background until SPARE_CONNECTIONS are ready or on their way."""
-        for _ in range(SPARE_CONNECTIONS - len(self.idle) - len(self._opening)):
+        """Connect in the background until `spares` are ready or on their way."""
+        for _ in range(self.spares - len(self.idle) - len(self._opening)):
             task = self.loop.create_task(self._open_spare())
             self._opening.add(task)
             task.add_done_callback(self._opening.discard)

@@ -48,6 +48,7 @@ class Connection:
         self.idle_timeout_s = cfg.idle_timeout_s
         self.max_idle = cfg.max_concurrency + 8
         self.read_batch_bytes = cfg.read_batch_bytes
+        self.spare_connections = cfg.spare_connections
         # One pool per event loop (a shard thread runs its own loop); dropped with its loop.
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pool] = weakref.WeakKeyDictionary()
 
@@ -56,7 +57,7 @@ class Connection:
         pool = self._pools.get(loop)
         if pool is None:
             pool = self._pools[loop] = Pool(self.chat_url, self.idle_timeout_s, self.max_idle,
-                                                 self.read_batch_bytes)
+                                                 self.read_batch_bytes, self.spare_connections)
         return pool
 
     async def model_ids(self, timeout_s: float = 15.0) -> list[str]:
