@@ -113,6 +113,13 @@ class TCPServer:
                           if line.lower().startswith(b"content-length")))
         return head, json.loads(await reader.readexactly(length))
 
+    @staticmethod
+    async def answer(writer: asyncio.StreamWriter, text: str, head: bytes = b"") -> None:
+        """A 200 whose body, framed by its length, is the stream of `text`; `head`: more header lines."""
+        body = _sse(text)
+        writer.write(b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body))
+        await writer.drain()
+
     async def __aenter__(self):
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
@@ -138,9 +145,7 @@ class RaceServer(TCPServer):
             if first and n == 1:
                 writer.close()
                 return
-            body = _sse(text)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            await writer.drain()
+            await self.answer(writer, text)
         await asyncio.sleep(5)
 
 
@@ -639,9 +644,7 @@ class IdleCloser(TCPServer):
             writer.close()
             return
         self.requests += 1
-        data = _sse(body["messages"][0]["content"])
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
-        await writer.drain()
+        await self.answer(writer, body["messages"][0]["content"], b"Connection: close\r\n")
         writer.close()
 
 
